@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv if it
+# is missing and install edgepack with every extra, pinned by constraints.txt
+# (torch==2.13.0: any other torch pulls several GB of CUDA wheels). A stamp file
+# makes a second run take seconds.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgepack-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: demo test install system-deps lint typecheck bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all]'
+	@touch $@
+
+install: $(STAMP)
+
+# What the tests need from Debian: chromium, for report and dashboard checks in a real browser.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (once)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: install system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	@if [ -f examples/demo.py ]; then $(PY) examples/demo.py; else $(PY) examples/bundle_demo.py; fi
+
+lint: install
+	$(VENV)/bin/ruff check edgepack converters runtime fleet_server tests benchmarks examples
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf demo-out .pytest_cache build *.egg-info
