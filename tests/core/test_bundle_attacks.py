@@ -91,7 +91,7 @@ def test_unsigned_bundle_is_refused(make_bundle, trust) -> None:
 
 
 def test_expired_bundle_is_refused(make_bundle, trust) -> None:
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
     path = make_bundle(created_at=past, expires_in=dt.timedelta(days=1))
     with pytest.raises(ep.ExpiredError):
         verify_bundle(path, trust)

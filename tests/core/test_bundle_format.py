@@ -51,7 +51,7 @@ def test_bundle_is_a_plain_zip_that_other_tools_read(make_bundle) -> None:
 
 
 def test_same_inputs_give_byte_identical_bundles(tmp_path, onnx_bytes, release_keys) -> None:
-    when = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     paths = []
     for i in range(2):
         b = ep.BundleBuilder("m", 1, created_at=when)
@@ -95,7 +95,7 @@ def test_signature_is_checked_before_hashes(make_bundle, trust) -> None:
 
 
 def test_hashes_are_checked_before_expiry(tmp_path, make_bundle, trust) -> None:
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
     path = make_bundle(created_at=past, expires_in=dt.timedelta(days=1))
     art = dict(members_of(path))["artifacts/tiny.fp32.onnx"]
     rewrite(path, {"artifacts/tiny.fp32.onnx": bytes(len(art))})

@@ -20,7 +20,7 @@ def test_canonical_bytes_are_pinned() -> None:
 
 
 def test_canonical_bytes_are_the_same_in_a_fresh_interpreter_with_another_hash_seed() -> None:
-    code = "import sys; from edgepack import canonical_bytes; sys.stdout.buffer.write(canonical_bytes(%r))" % (DOC,)
+    code = f"import sys; from edgepack import canonical_bytes; sys.stdout.buffer.write(canonical_bytes({DOC!r}))"
     for seed in ("1", "12345"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
                              env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout
