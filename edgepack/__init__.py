@@ -16,7 +16,14 @@ from ._bundle import (
 from ._canonical import canonical_bytes, loads_strict
 from ._errors import *  # noqa: F403  (the error hierarchy is public by design)
 from ._errors import __all__ as _error_names
-from ._keys import PublicKey, SigningKey, generate_key, load_public_key, load_signing_key, save_key_pair
+from ._keys import (
+    PublicKey,
+    SigningKey,
+    generate_key,
+    load_public_key,
+    load_signing_key,
+    save_key_pair,
+)
 from ._manifest import SCHEMA, ArtifactEntry, Manifest
 from ._signing import Signature, verify_threshold
 from ._trust import Trust, load_trust

@@ -22,14 +22,14 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def format_time(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(s: object, where: str) -> dt.datetime:
     if not isinstance(s, str) or not s.endswith("Z"):
         raise ManifestSchemaError(f"{where} must be an RFC 3339 UTC time like 2030-01-01T00:00:00Z", where=where)
     try:
-        return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
     except ValueError as e:
         raise ManifestSchemaError(f"{where} is not a valid time: {s!r}", where=where) from e
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-import edgepack
-from edgepack import BundleBuilder, SigningKey, Trust, generate_key
 from support.models import TINY_IO, golden_npz, tiny_onnx_model
+
+from edgepack import BundleBuilder, SigningKey, Trust, generate_key
 
 
 @pytest.fixture(scope="session")

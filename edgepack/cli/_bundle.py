@@ -76,7 +76,7 @@ def _fmt_parity(p: dict[str, Any]) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     opened = open_bundle(args.bundle)
     m = opened.manifest
-    expired = m.expires <= dt.datetime.now(dt.timezone.utc)
+    expired = m.expires <= dt.datetime.now(dt.UTC)
     result = {"bundle": str(opened.path), "manifest": m.to_dict(),
               "signatures": [s.keyid for s in opened.signatures], "expired": expired, "verified": False}
     rows = [(a.path.removeprefix("artifacts/"), a.format, a.precision, f"{a.size / 1024:.1f} KiB",

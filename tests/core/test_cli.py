@@ -24,6 +24,20 @@ def _documented_codes() -> set[int]:
 
 
 def _all_error_classes() -> list[type[ep.EdgepackError]]:
+    import importlib
+    import pkgutil
+
+    # Import every module first, so error classes defined anywhere are seen.
+    for pkg in ("edgepack", "converters", "runtime", "fleet_server"):
+        root = importlib.import_module(pkg)
+        for info in pkgutil.walk_packages(root.__path__, f"{pkg}."):
+            if info.name.endswith("__main__"):
+                continue
+            try:
+                importlib.import_module(info.name)
+            except ModuleNotFoundError as e:
+                if e.name != "flwr":  # the Flower adapter is an optional extra
+                    raise
     out, stack = [], [ep.EdgepackError]
     while stack:
         cls = stack.pop()

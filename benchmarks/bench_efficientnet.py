@@ -1,0 +1,198 @@
+"""EfficientNet-Lite0 (real ImageNet weights): edgepack's build vs the plain tools, in one run.
+
+Side by side on the same photo crops and in the same process:
+  * torch eager (the original; the reference for every parity figure),
+  * plain ORT: ``torch.onnx.export(dynamo=True)`` + ``quantize_static`` with its DEFAULTS,
+  * plain LiteRT: ``litert_torch.convert`` defaults (fp32) and its default PT2E int8 config,
+  * edgepack: ``converters.build`` when it works, else the benchmark's own path using
+    ``converters._cpu.recommend_ort_int8`` (the run says which one was used).
+Per artifact: size, build time, parity vs torch, and batch-1 latency p50/p95 at 1 and 2
+threads in the device runtimes (onnxruntime, ai-edge-litert), timed interleaved.
+
+    .venv/bin/python benchmarks/bench_efficientnet.py [--quick] [--json out.json] [--no-edgepack-build]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from _effnet_data import (  # noqa: E402
+    CALIBRATION_PHOTOS,
+    EVAL_PHOTOS,
+    crops,
+    load_efficientnet_lite0,
+    load_photos,
+)
+from _effnet_edgepack import build_tuned_onnx_int8, build_with_converters, build_with_own_path  # noqa: E402
+from _effnet_onnx import OrtInt8Variant, export_onnx, quantize_onnx  # noqa: E402
+from _effnet_tflite import convert_fp32, convert_int8_pt2e  # noqa: E402
+from _measure import litert_runner, measure_interleaved, ort_runner, parity  # noqa: E402
+
+TARGETS = {"size_ratio": 3.8, "top1": 0.99, "fp32_max_abs": 1e-4, "build_s": 120.0}
+
+
+def plain_tools(model, calib: np.ndarray, tmp: str) -> dict[str, dict]:
+    """The baselines: each tool with its own defaults."""
+    arts: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    fp32 = export_onnx(model, os.path.join(tmp, "plain.fp32.onnx"), dynamo=True)
+    arts["ort-default fp32"] = {"runtime": "onnxruntime", "bytes": Path(fp32).read_bytes(),
+                                "build_s": time.perf_counter() - t0, "precision": "fp32"}
+    t0 = time.perf_counter()
+    q = quantize_onnx(fp32, os.path.join(tmp, "plain.int8.onnx"), OrtInt8Variant(), calib)
+    arts["ort-default int8"] = {"runtime": "onnxruntime", "bytes": Path(q).read_bytes(),
+                                "build_s": time.perf_counter() - t0, "precision": "int8",
+                                "settings": "quantize_static defaults: QDQ, S8S8, per-tensor, MinMax"}
+    t0 = time.perf_counter()
+    arts["litert-default fp32"] = {"runtime": "litert", "bytes": convert_fp32(model),
+                                   "build_s": time.perf_counter() - t0, "precision": "fp32"}
+    t0 = time.perf_counter()
+    arts["litert-default int8"] = {"runtime": "litert", "bytes": convert_int8_pt2e(model, calib, per_channel=False),
+                                   "build_s": time.perf_counter() - t0, "precision": "int8",
+                                   "settings": "PT2EQuantizer get_symmetric_quantization_config() defaults"}
+    return arts
+
+
+def confidence_breakdown(ref: np.ndarray, out: np.ndarray) -> dict[str, object]:
+    """Top-1 agreement split by how sure the original was: shows where int8 flips answers."""
+    z = ref - ref.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    top = np.sort(p, 1)[:, ::-1]
+    margin = top[:, 0] - top[:, 1]
+    agree = ref.argmax(1) == out.reshape(ref.shape).argmax(1)
+    rows = {}
+    for lo, hi in ((0.0, 0.1), (0.1, 0.3), (0.3, 1.01)):
+        sel = (margin >= lo) & (margin < hi)
+        rows[f"margin {lo:.1f}-{min(hi, 1.0):.1f}"] = {"n": int(sel.sum()),
+                                                      "agreement": float(agree[sel].mean()) if sel.any() else None}
+    return rows
+
+
+def run_latency(arts: dict[str, dict], evals: np.ndarray, runs: int) -> None:
+    for runtime, make in (("onnxruntime", ort_runner), ("litert", litert_runner)):
+        names = [k for k, a in arts.items() if a["runtime"] == runtime]
+        for threads in (1, 2):
+            lat = measure_interleaved({k: make(arts[k]["bytes"], threads) for k in names}, evals, runs)
+            for k, v in lat.items():
+                arts[k][f"latency_t{threads}"] = v.to_dict()
+
+
+def torch_latency(model, evals: np.ndarray, runs: int) -> dict[str, dict]:
+    import torch
+
+    out = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            lat = measure_interleaved({"torch": lambda x: model(torch.from_numpy(x))}, evals, runs)
+        out[f"latency_t{threads}"] = lat["torch"].to_dict()
+    torch.set_num_threads(1)
+    return out
+
+
+def check_targets(arts: dict[str, dict], build_s: float, prefix: str) -> list[dict[str, object]]:
+    """The issue's targets, each with its measured figure and pass/fail."""
+    res = []
+    for rt in ("onnxruntime", "litert"):
+        f = next((a for k, a in arts.items() if k.startswith(prefix) and a["runtime"] == rt and a["precision"] == "fp32"), None)
+        q = next((a for k, a in arts.items() if k.startswith(prefix) and a["runtime"] == rt and a["precision"] == "int8"), None)
+        if f is None or q is None:
+            res.append({"target": f"{rt}: artifacts", "passed": False, "measured": "missing"})
+            continue
+        ratio = len(f["bytes"]) / len(q["bytes"])
+        res.append({"target": f"{rt}: int8 >= 3.8x smaller", "measured": round(ratio, 2), "passed": ratio >= TARGETS["size_ratio"]})
+        for t in (1, 2):
+            fr, qr = f[f"latency_t{t}"]["p50_ms"], q[f"latency_t{t}"]["p50_ms"]
+            res.append({"target": f"{rt}: int8 p50 <= fp32 p50 ({t} thr)", "measured": f"{qr:.2f} vs {fr:.2f} ms",
+                        "passed": qr <= fr})
+        res.append({"target": f"{rt}: int8 top-1 >= 99%", "measured": round(q["top1_agreement"], 3),
+                    "passed": q["top1_agreement"] >= TARGETS["top1"]})
+        res.append({"target": f"{rt}: fp32 max abs <= 1e-4", "measured": f"{f['max_abs']:.2e}",
+                    "passed": f["max_abs"] <= TARGETS["fp32_max_abs"]})
+    res.append({"target": "whole build < 120 s", "measured": round(build_s, 1), "passed": build_s < TARGETS["build_s"]})
+    return res
+
+
+def print_table(arts: dict[str, dict], torch_row: dict) -> None:
+    hdr = f"{'artifact':26s} {'size MB':>8s} {'build s':>8s} {'p50/p95 1thr ms':>16s} {'p50/p95 2thr ms':>16s} {'max abs':>9s} {'top1':>6s}"
+    print(hdr)
+    t1, t2 = torch_row["latency_t1"], torch_row["latency_t2"]
+    print(f"{'torch eager':26s} {'':>8s} {'':>8s} {t1['p50_ms']:7.2f}/{t1['p95_ms']:<8.2f} {t2['p50_ms']:7.2f}/{t2['p95_ms']:<8.2f}")
+    for k, a in arts.items():
+        l1, l2 = a["latency_t1"], a["latency_t2"]
+        print(f"{k:26s} {len(a['bytes']) / 1e6:8.2f} {a['build_s']:8.1f} {l1['p50_ms']:7.2f}/{l1['p95_ms']:<8.2f} "
+              f"{l2['p50_ms']:7.2f}/{l2['p95_ms']:<8.2f} {a['max_abs']:9.2e} {a['top1_agreement']:6.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer crops and timed runs (smoke run, ~4 min)")
+    ap.add_argument("--json", metavar="PATH", help="also write every figure as JSON here")
+    ap.add_argument("--no-edgepack-build", action="store_true", help="skip converters.build; use the own path")
+    args = ap.parse_args(argv)
+    runs = 30 if args.quick else 100
+
+    import torch
+
+    from converters._cpu import detect_cpu, recommend_ort_int8
+
+    torch.set_num_threads(1)
+    model = load_efficientnet_lite0()
+    calib = crops(load_photos(CALIBRATION_PHOTOS), per_photo=4 if args.quick else 8, seed=0)
+    evals = crops(load_photos(EVAL_PHOTOS), per_photo=4 if args.quick else 10, seed=1)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(evals)).numpy()
+    cpu = detect_cpu()
+    report: dict[str, object] = {"cpu": cpu.to_dict(), "recommendation": recommend_ort_int8(cpu).to_dict(),
+                                 "calib_crops": len(calib), "eval_crops": len(evals), "runs": runs}
+    with tempfile.TemporaryDirectory() as tmp:
+        arts = plain_tools(model, calib, tmp)
+        edge, build_s, how = None, 0.0, ""
+        if not args.no_edgepack_build:
+            edge, build_s, how = build_with_converters(model, calib, evals, tmp)
+        if edge is None:
+            note = how
+            edge, build_s, how = build_with_own_path(model, calib, tmp, recommend_ort_int8(cpu))
+            how = f"{how} (converters.build not used: {note})" if note else how
+        arts.update(edge)
+        arts.update(build_tuned_onnx_int8(model, calib, tmp, recommend_ort_int8(cpu)))
+        report["edgepack_path"] = how
+        report["edgepack_build_s"] = round(build_s, 1)
+        for a in arts.values():
+            runner = ort_runner if a["runtime"] == "onnxruntime" else litert_runner
+            a.update(parity(ref, runner(a["bytes"], 2)(evals)))
+            if a["precision"] == "int8":
+                a["by_confidence"] = confidence_breakdown(ref, runner(a["bytes"], 2)(evals))
+        run_latency(arts, evals, runs)
+        torch_row = torch_latency(model, evals, runs)
+    print(f"cpu: {cpu.model_name} isa={cpu.isa}; edgepack path: {how}; build {build_s:.1f}s")
+    print_table(arts, torch_row)
+    targets = check_targets(arts, build_s, "edgepack")
+    for t in targets:
+        print(f"  [{'PASS' if t['passed'] else 'MISS'}] {t['target']}: {t['measured']}")
+    for k, a in arts.items():
+        if "by_confidence" in a:
+            print(f"  {k} top-1 agreement by torch top1-top2 softmax margin: {a['by_confidence']}")
+    report["torch"] = torch_row
+    report["artifacts"] = {k: {kk: vv for kk, vv in a.items() if kk != "bytes"} | {"size_bytes": len(a["bytes"])}
+                           for k, a in arts.items()}
+    report["targets"] = targets
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        os.replace(args.json + ".tmp", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The compression part of the build report: what each pass cost, and the
+search's Pareto front as a table and an inline SVG scatter (no JS, no network),
+ready to be embedded in ``report.html``."""
+
+from __future__ import annotations
+
+import html
+
+from edgepack._term import table
+
+from ._compress_pipeline import attribution_table
+from ._passreport import PassReport
+from ._search import SearchResult
+
+__all__ = ["html_section", "pareto_svg", "passes_text", "search_text"]
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def passes_text(reports: list[PassReport]) -> str:
+    rows = [(r["pass"], _pct(r["accuracy_before"]), _pct(r["accuracy_after"]),
+             "-" if r["accuracy_drop_points"] is None else f"{r['accuracy_drop_points']:+.2f}",
+             r["size_before"], r["size_after"], r["xz_before"], r["xz_after"],
+             f"{r['latency_ms_before']:.3f}", f"{r['latency_ms_after']:.3f}") for r in attribution_table(reports)]
+    return table(("pass", "acc before", "acc after", "points lost", "bytes before", "bytes after", "xz before",
+                  "xz after", "ms before", "ms after"), rows)
+
+
+def search_text(res: SearchResult) -> str:
+    front = {c.label for c in res.front}
+    rows = [(c.label, _pct(c.accuracy), "-" if c.accuracy_drop is None else f"{100 * c.accuracy_drop:+.2f}",
+             c.size, c.size_xz, f"{c.latency_ms:.3f}", "*" if c.label in front else "",
+             c.error or "; ".join(c.failed) or "ok") for c in res.candidates]
+    head = f"search: {res.status}; pick: {res.best.label if res.best else 'none'}"
+    if res.best and res.best.failed:
+        head += f" (fails {'; '.join(res.best.failed)})"
+    return head + "\n" + table(("candidate", "accuracy", "points lost", "bytes", "xz bytes", "p50 ms", "front",
+                                "budget"), rows)
+
+
+def pareto_svg(res: SearchResult, width: int = 420, height: int = 260) -> str:
+    """Size (x, log-free) against accuracy drop (y); front in blue, pick ringed, others grey."""
+    pts = [c for c in res.candidates if c.error is None and c.accuracy_drop is not None]
+    if not pts:
+        return "<svg width='10' height='10'></svg>"
+    xs = [c.size for c in pts]
+    ys = [100 * (c.accuracy_drop or 0.0) for c in pts]
+    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
+    y0, y1 = min(min(ys), 0.0), max(max(ys), 0.5)
+    pad = 40
+    front = {c.label for c in res.front}
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (pad + (width - 2 * pad) * (x - x0) / (x1 - x0), height - pad - (height - 2 * pad) * (y - y0) / (y1 - y0))
+
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img'>",
+           f"<text x='{width / 2}' y='{height - 8}' font-size='11' text-anchor='middle'>artifact bytes</text>",
+           "<text x='10' y='14' font-size='11'>accuracy points lost</text>",
+           f"<line x1='{pad}' y1='{height - pad}' x2='{width - pad}' y2='{height - pad}' stroke='#888'/>",
+           f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{height - pad}' stroke='#888'/>"]
+    for c, x, y in zip(pts, xs, ys, strict=False):
+        cx, cy = px(x, y)
+        colour = "#3b6fd8" if c.label in front else "#aaa"
+        out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4' fill='{colour}'><title>{html.escape(c.label)}: "
+                   f"{x} B, {y:+.2f} pts, {c.latency_ms:.3f} ms</title></circle>")
+        if res.best is not None and c.label == res.best.label:
+            out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='8' fill='none' stroke='#c0392b' stroke-width='2'/>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def html_section(reports: list[PassReport], res: SearchResult | None = None) -> str:
+    """An HTML fragment: the per-pass attribution table, then the search table and plot."""
+    rows = attribution_table(reports)
+    parts = ["<h2>Compression passes</h2><table><tr><th>pass</th><th>accuracy before</th><th>after</th>"
+             "<th>points lost</th><th>bytes before</th><th>after</th><th>xz after</th><th>ms before</th>"
+             "<th>ms after</th></tr>"]
+    for r in rows:
+        drop = "-" if r["accuracy_drop_points"] is None else f"{r['accuracy_drop_points']:+.2f}"
+        parts.append(f"<tr><td>{html.escape(r['pass'])}</td><td>{_pct(r['accuracy_before'])}</td>"
+                     f"<td>{_pct(r['accuracy_after'])}</td><td>{drop}</td><td>{r['size_before']}</td>"
+                     f"<td>{r['size_after']}</td><td>{r['xz_after']}</td><td>{r['latency_ms_before']:.3f}</td>"
+                     f"<td>{r['latency_ms_after']:.3f}</td></tr>")
+    parts.append("</table>")
+    if res is not None:
+        parts.append(f"<h2>Search ({html.escape(res.status)})</h2>{pareto_svg(res)}"
+                     f"<pre>{html.escape(search_text(res))}</pre>")
+    return "".join(parts)

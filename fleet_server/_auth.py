@@ -1,0 +1,151 @@
+"""Who is asking: admin tokens (hashed), and signed device requests.
+
+Admin tokens and enrollment tokens are 256-bit random strings; only their
+sha256 is stored, so a database leak does not leak credentials. Device
+requests are verified with ``edgepack._device_auth`` against the key the device
+registered at enrollment, and their nonces are recorded in the same
+transaction that marks the device as seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import random
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import g, request, session
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from edgepack import PublicKey
+from edgepack._device_auth import parse_headers, verify_request
+
+from ._errors import AuthError, ForbiddenError, UnknownDeviceError
+from ._http import fleet
+from ._models import AdminToken, Device, Nonce
+
+__all__ = ["authenticate_device", "hash_token", "new_token", "require_admin", "signed_path"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+#: last_seen_at is refreshed at most this often: "online" is measured in minutes, not per request
+_SEEN_EVERY_S = 5.0
+
+
+def new_token(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def admin_for_token(token: str) -> AdminToken | None:
+    """The live admin token row for ``token``, or None; records its use."""
+    if not token or len(token) > 256:
+        return None
+    digest = hash_token(token)
+    with fleet().db.write() as s:
+        row = s.scalar(select(AdminToken).where(AdminToken.token_hash == digest))
+        # compare_digest keeps the final check constant-time even though the lookup is by hash
+        if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_hash, digest):
+            return None
+        row.last_used_at = time.time()
+        return row
+
+
+def require_admin(fn: F) -> F:
+    """Allow the request only with ``Authorization: Bearer <admin token>``.
+
+    Raises:
+        AuthError: without a valid, unrevoked admin token.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        row = admin_for_token(token.strip()) if scheme.lower() == "bearer" else None
+        if row is None:
+            raise AuthError("a valid admin token is required", where="Authorization",
+                            hint="send 'Authorization: Bearer <token>'; 'edgepack fleet init' prints the first one")
+        g.admin = row.name
+        return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+def dashboard_admin() -> str | None:
+    """The admin name of a logged-in dashboard session, re-checked against the database."""
+    token_id = session.get("admin_id")
+    if token_id is None:
+        return None
+    with fleet().db.read() as s:
+        row = s.get(AdminToken, token_id)
+        if row is None or row.revoked_at is not None or row.token_hash != session.get("admin_hash"):
+            return None
+        return row.name
+
+
+def signed_path() -> str:
+    """The request target as the client sent it (path plus '?query'), which is what devices sign."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if raw and raw.startswith("/"):
+        return raw
+    qs = request.query_string.decode("latin-1")
+    return request.path + (f"?{qs}" if qs else "")
+
+
+def authenticate_device(device_id: str | None) -> Any:
+    """Verify the signed request and return its device (a read-only row with the Device columns).
+
+    The device row is read first and the signature checked outside any write
+    transaction; the only write is one short transaction that records the
+    nonce (and, at most every ``_SEEN_EVERY_S``, the last-seen time), so
+    concurrent check-ins hold the SQLite write lock for microseconds.
+
+    Args:
+        device_id: the device named in the URL; the signer must be that device.
+
+    Raises:
+        MissingAuthError, RequestSignatureError, ClockSkewError, ReplayError: from the signature check.
+        UnknownDeviceError: the signer is not an active enrolled device.
+        ForbiddenError: the signer is another device than the one in the URL.
+    """
+    f = fleet()
+    h = parse_headers(request.headers)
+    body = request.get_data(cache=True)
+    cols = [Device.id, Device.public_key, Device.status, Device.group_id, Device.last_seen_at,
+            Device.active_version, Device.state, Device.desired_release_id, Device.rollout_id, Device.wave]
+    with f.db.read() as s:  # a Core row, not an ORM object: this runs on every check-in
+        dev = s.execute(select(*cols).where(Device.id == h.device_id)).first()
+    if dev is None or dev.status != "active":
+        raise UnknownDeviceError(f"unknown or revoked device {h.device_id!r}", where="X-Edgepack-Device",
+                                 hint="enroll the device with a fresh enrollment token")
+    now = time.time()
+
+    def seen(nonce: str, ts: int) -> bool:
+        try:
+            with f.db.write() as s:
+                s.execute(insert(Nonce).values(nonce=nonce, device_id=dev.id,
+                                               expires_at=ts + f.config.max_skew_s + 1))
+                if dev.last_seen_at is None or now - dev.last_seen_at >= _SEEN_EVERY_S:
+                    s.execute(update(Device).where(Device.id == dev.id).values(last_seen_at=now))
+                if random.random() < 0.002:  # amortised clean-up keeps the table at about one skew window
+                    s.execute(delete(Nonce).where(Nonce.expires_at < now))
+        except IntegrityError:
+            return True
+        return False
+
+    if device_id is not None and device_id != dev.id:
+        # check the signature first so a forger learns nothing; then refuse the cross-device access
+        verify_request(PublicKey(bytes.fromhex(dev.public_key)), request.headers, request.method, signed_path(),
+                       body, now, lambda n, t: False, f.config.max_skew_s)
+        raise ForbiddenError("a device may read and write only its own resources",
+                             where=f"device {device_id}", hint="use your own device id in the URL")
+    verify_request(PublicKey(bytes.fromhex(dev.public_key)), request.headers, request.method, signed_path(),
+                   body, now, seen, f.config.max_skew_s)
+    g.device_id = dev.id
+    return dev

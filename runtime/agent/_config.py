@@ -1,0 +1,72 @@
+"""Agent settings and the poll/backoff schedule (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from edgepack import ConfigError
+
+__all__ = ["AgentConfig", "next_delay"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How the agent polls. Defaults < ``EDGEPACK_AGENT_*`` env (``from_env``) < explicit args.
+
+    ``jitter`` spreads a fleet's check-ins (±20 %) so a server restart does not
+    make every device call back in the same second; failures back off
+    exponentially from ``backoff_base_s`` to ``backoff_max_s``.
+    """
+
+    poll_interval_s: float = 60.0
+    jitter: float = 0.2
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 900.0
+    timeout_s: float = 15.0
+    telemetry_interval_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.jitter < 1:
+            raise ConfigError("jitter must be in [0, 1)", where="AgentConfig.jitter")
+        for f in ("poll_interval_s", "backoff_base_s", "backoff_max_s", "timeout_s", "telemetry_interval_s"):
+            if getattr(self, f) <= 0:
+                raise ConfigError(f"{f} must be > 0", where=f"AgentConfig.{f}")
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ConfigError("backoff_max_s must be >= backoff_base_s", where="AgentConfig.backoff_max_s")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AgentConfig:
+        """Defaults, then ``EDGEPACK_AGENT_<FIELD>`` variables, then ``overrides``.
+
+        Raises:
+            ConfigError: a variable is not a number.
+        """
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"EDGEPACK_AGENT_{f.name.upper()}")
+            if raw is not None:
+                try:
+                    values[f.name] = float(raw)
+                except ValueError as e:
+                    raise ConfigError(f"EDGEPACK_AGENT_{f.name.upper()}={raw!r} is not a number") from e
+        return replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def next_delay(config: AgentConfig, failures: int, poll_after_s: float | None,
+               rng: random.Random | None = None) -> float:
+    """Seconds until the next check-in.
+
+    After a success: the server's ``poll_after_s`` (or the configured interval)
+    ± ``jitter``. After ``failures`` consecutive failures: "equal jitter"
+    exponential backoff, uniform in [cap/2, cap] with cap = base * 2^(failures-1),
+    bounded by ``backoff_max_s``.
+    """
+    rng = rng or random.Random()
+    if failures <= 0:
+        base = poll_after_s if poll_after_s and poll_after_s > 0 else config.poll_interval_s
+        return base * rng.uniform(1 - config.jitter, 1 + config.jitter)
+    cap = min(config.backoff_max_s, config.backoff_base_s * 2 ** min(failures - 1, 30))
+    return rng.uniform(cap / 2, cap)

@@ -1,0 +1,42 @@
+"""The agent stays inside the device's dependency budget, and its schedule is sane."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+
+from edgepack import ConfigError
+from runtime.agent import AgentConfig, next_delay
+
+FORBIDDEN = ("flask", "werkzeug", "sqlalchemy", "torch", "tensorflow", "requests", "fleet_server", "converters")
+
+
+def test_runtime_agent_imports_only_base_dependencies() -> None:
+    code = ("import sys, runtime.agent; "
+            f"print([m for m in {FORBIDDEN!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("failures", range(1, 12))
+def test_backoff_doubles_with_jitter_up_to_the_cap(failures: int) -> None:
+    cfg = AgentConfig(backoff_base_s=2, backoff_max_s=300)
+    cap = min(300, 2 * 2 ** (failures - 1))
+    delays = [next_delay(cfg, failures, None, random.Random(seed)) for seed in range(50)]
+    assert all(cap / 2 <= d <= cap for d in delays)
+    assert len(set(delays)) > 40, "jitter spreads devices apart"
+
+
+def test_poll_follows_the_server_with_jitter() -> None:
+    cfg = AgentConfig(jitter=0.2)
+    delays = [next_delay(cfg, 0, 30, random.Random(s)) for s in range(100)]
+    assert min(delays) >= 24 and max(delays) <= 36 and max(delays) - min(delays) > 6
+
+
+@pytest.mark.parametrize("bad", [{"jitter": 1.5}, {"poll_interval_s": 0}, {"backoff_base_s": 10, "backoff_max_s": 5}])
+def test_bad_agent_config_is_a_config_error(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        AgentConfig(**bad)

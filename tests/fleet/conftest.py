@@ -1,0 +1,215 @@
+"""Fixtures for the fleet server tests: keys and bundles, a database (SQLite, and
+PostgreSQL when one is reachable or can be started in a temp dir), the app, and
+signed device clients."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from edgepack import BundleBuilder, Trust, generate_key
+from edgepack._device_auth import sign_request
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+_counter = itertools.count()
+
+
+def _start_postgres() -> tuple[str | None, str, object]:
+    """Start a throwaway PostgreSQL on a unix socket; return (url, reason, stop)."""
+    url = os.environ.get("EDGEPACK_TEST_POSTGRES_URL")
+    if url:
+        return url, "", lambda: None
+    if not (PG_BIN / "initdb").exists():
+        return None, f"no {PG_BIN}/initdb and EDGEPACK_TEST_POSTGRES_URL is not set", lambda: None
+    base = Path(tempfile.mkdtemp(prefix="edgepack-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if shutil.which("runuser") is None:
+            return None, "running as root without runuser to drop to the postgres user", lambda: None
+        shutil.chown(base, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = base / "data"
+    try:
+        subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                        "--no-sync"], check=True, capture_output=True, timeout=60)
+        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "20", "-l",
+                        str(base / "log"), "-o", f"-k {base} -c listen_addresses='' -c fsync=off", "start"],
+                       check=True, capture_output=True, timeout=40)
+    except (subprocess.SubprocessError, OSError) as e:
+        shutil.rmtree(base, ignore_errors=True)
+        return None, f"could not start a local PostgreSQL: {e}", lambda: None
+
+    def stop() -> None:
+        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+    return f"postgresql+psycopg://postgres@/postgres?host={base}", "", stop
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    url, reason, stop = _start_postgres()
+    yield url, reason
+    stop()  # type: ignore[operator]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh empty database: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    url, reason = request.getfixturevalue("postgres_server")
+    if url is None:
+        pytest.skip(f"PostgreSQL not available: {reason}")
+    import psycopg
+
+    name = f"fleet_{os.getpid()}_{next(_counter)}"
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    base, _, query = url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def release_key():
+    return generate_key()
+
+
+@pytest.fixture(scope="session")
+def trust_file(tmp_path_factory, release_key):
+    p = tmp_path_factory.mktemp("trust") / "trust.json"
+    Trust.of([release_key.public]).save(p)
+    return p
+
+
+@pytest.fixture(scope="session")
+def make_bundle(tmp_path_factory, release_key):
+    """make_bundle(version, name="digits", key=..., expires_in=...) -> path of a signed bundle."""
+    out = tmp_path_factory.mktemp("bundles")
+
+    def make(version: int, name: str = "digits", key=release_key, expires_in=dt.timedelta(days=30),
+             created_at=None, size: int = 2048) -> Path:
+        b = BundleBuilder(name, version, expires_in=expires_in, created_at=created_at,
+                          io={"inputs": [{"name": "x", "shape": [1, 64], "dtype": "float32"}]})
+        b.add_artifact("model.onnx", os.urandom(size), format="onnx", precision="fp32")
+        path = out / f"{name}-{version}-{os.urandom(4).hex()}.edgepack"
+        return b.write(path, [key] if key is not None else [])
+
+    return make
+
+
+@pytest.fixture
+def fleet_config(tmp_path, database_url, trust_file):
+    from fleet_server import FleetConfig
+
+    return FleetConfig(instance_dir=tmp_path / "instance", database_url=database_url,
+                       secret_key="s" * 48, release_trust=trust_file, tick_interval_s=0, report_tick_interval_s=0,
+                       testing=True)
+
+
+@pytest.fixture
+def app(fleet_config):
+    from fleet_server import create_app
+
+    app = create_app(fleet_config)
+    yield app
+    app.extensions["edgepack_fleet"].db.dispose()
+
+
+@pytest.fixture
+def fleet(app):
+    return app.extensions["edgepack_fleet"]
+
+
+@pytest.fixture
+def admin_token(fleet):
+    from fleet_server._bp_admin import create_admin_token
+
+    return create_admin_token(fleet.db, "test-admin")
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class Admin:
+    def __init__(self, client, token: str) -> None:
+        self.client, self.headers = client, {"Authorization": f"Bearer {token}"}
+
+    def post(self, path: str, body=None, **kw):
+        return self.client.post(f"/api/v1/admin{path}", json=body, headers=self.headers, **kw)
+
+    def get(self, path: str):
+        return self.client.get(f"/api/v1/admin{path}", headers=self.headers)
+
+    def upload(self, bundle: Path):
+        return self.client.post("/api/v1/admin/releases", data=bundle.read_bytes(), headers=self.headers,
+                                content_type="application/octet-stream")
+
+    def enroll_token(self, group: str = "default", **extra) -> str:
+        r = self.post("/enrollment-tokens", {"group": group, **extra})
+        assert r.status_code == 201, r.json
+        return r.json["token"]
+
+
+@pytest.fixture
+def admin(client, admin_token):
+    return Admin(client, admin_token)
+
+
+class DeviceClient:
+    """A simulated device: its own Ed25519 key, every request signed."""
+
+    def __init__(self, client, device_id: str, key) -> None:
+        self.client, self.id, self.key = client, device_id, key
+
+    def request(self, method: str, path: str, body=None, *, as_id: str | None = None, key=None, now=None,
+                headers=None):
+        data = json.dumps(body).encode() if body is not None else b""
+        h = sign_request(key or self.key, as_id or self.id, method, path, data, now=now)
+        h.update(headers or {})
+        return self.client.open(path, method=method, data=data, headers=h, content_type="application/json")
+
+    def assignment(self):
+        return self.request("GET", f"/api/v1/devices/{self.id}/assignment")
+
+    def report(self, kind: str, version, ok: bool = True, reason=None, **data):
+        return self.request("POST", f"/api/v1/devices/{self.id}/reports",
+                            {"kind": kind, "release_version": version, "ok": ok, "reason": reason, "data": data})
+
+    def heartbeat(self, active_version=None):
+        return self.request("POST", f"/api/v1/devices/{self.id}/heartbeat",
+                            {"active_version": active_version, "state": {"charging": True, "idle": True,
+                                                                         "wifi": True}})
+
+
+@pytest.fixture
+def enroll(client, admin):
+    def do(group: str = "default", name: str = "dev", tags=None) -> DeviceClient:
+        key = generate_key()
+        r = client.post("/api/v1/enroll", json={"token": admin.enroll_token(group), "public_key": key.public.raw.hex(),
+                                                "name": name, "tags": tags or {}})
+        assert r.status_code == 201, r.json
+        return DeviceClient(client, r.json["device_id"], key)
+    return do
+
+
+def wait_for(pred, timeout: float = 10.0, step: float = 0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return False

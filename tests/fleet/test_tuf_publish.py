@@ -1,0 +1,71 @@
+"""Releases assigned to a group are published as targets of that group's delegated TUF role."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from edgepack import generate_key, save_key_pair
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'fleet.db'}"
+
+
+@pytest.fixture
+def fleet_config(fleet_config, tmp_path):
+    """The instance gets a TUF repository (root signed by 2 of 2 offline keys) before the app starts."""
+    from fleet_server._publish import create_tuf
+
+    roots = []
+    for i in range(2):
+        k = generate_key()
+        roots.append(save_key_pair(k, tmp_path / "offline", f"root{i}")[0])
+    create_tuf(fleet_config.instance_dir, roots, 2, ["lab", "other"])
+    return fleet_config
+
+
+def test_rollout_publishes_the_release_into_the_groups_role_and_serves_it(fleet, admin, enroll, make_bundle, client):
+    assert fleet.publisher.kind == "tuf"
+    lab, other = enroll("lab"), enroll("other")
+    bundle = make_bundle(1, size=30_000)
+    assert admin.upload(bundle).status_code == 201
+    assert admin.post("/rollouts", {"release": {"name": "digits", "version": 1}, "group": "lab",
+                                    "waves": [100]}).status_code == 201
+    a = lab.assignment().json["release"]
+    assert a["target"] == "groups/lab/digits-1.edgepack"
+    targets = fleet.publisher.repo.targets_for("lab")
+    assert targets[a["target"]].hashes["sha256"] == a["sha256"] == hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert fleet.publisher.repo.targets_for("other") == {}
+
+    # top-level metadata is public; the group's role only for its own devices
+    assert client.get("/tuf/metadata/1.root.json").status_code == 200
+    ts = client.get("/tuf/metadata/timestamp.json")
+    assert ts.status_code == 200 and json.loads(ts.data)["signed"]["_type"] == "timestamp"
+    assert client.get("/tuf/metadata/group-lab.json").status_code == 401
+    assert other.request("GET", "/tuf/metadata/group-lab.json").status_code == 403
+    role = lab.request("GET", "/tuf/metadata/group-lab.json")
+    assert role.status_code == 200 and a["target"] in json.loads(role.data)["signed"]["targets"]
+
+    # consistent snapshots: the file is served under its hash-prefixed name, resumable
+    url = f"/tuf/targets/groups/lab/{a['sha256']}.digits-1.edgepack"
+    full = lab.request("GET", url)
+    assert full.status_code == 200 and full.data == bundle.read_bytes()
+    assert full.headers["ETag"] == f'"{a["sha256"]}"'
+    part = lab.request("GET", url, headers={"Range": "bytes=1000-"})
+    assert part.status_code == 206 and part.data == bundle.read_bytes()[1000:]
+    assert other.request("GET", url).status_code == 403
+
+
+def test_background_tick_resigns_online_metadata_before_it_expires(fleet):
+    import datetime as dt
+
+    repo = fleet.publisher.repo
+    before = repo.status()["timestamp"]["version"]
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=20)  # past half the 1-day lifetime
+    assert fleet.background_tick(now=dt.datetime.now(dt.timezone.utc)) == []  # nothing due yet
+    assert "timestamp" in fleet.background_tick(now=later)
+    assert repo.status()["timestamp"]["version"] == before + 1
