@@ -30,7 +30,7 @@ test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	@if [ -f examples/demo.py ]; then $(PY) examples/demo.py; else $(PY) examples/bundle_demo.py; fi
+	$(PY) examples/demo.py
 
 lint: install
 	$(VENV)/bin/ruff check edgepack converters runtime fleet_server tests benchmarks examples

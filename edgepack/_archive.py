@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._atomic import atomic_file
 from ._errors import (
     ArchiveTooLargeError,
     BundleError,
@@ -78,30 +78,20 @@ def _central_header(name: bytes, crc: int, size: int, offset: int) -> bytes:
 
 def write_archive(out: Path, members: Iterable[tuple[str, bytes]]) -> Path:
     """Write members as a canonical v1 archive, atomically (temp, fsync, rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            central, offset, count = [], 0, 0
-            for name, data in members:
-                raw = name.encode("utf-8")
-                crc = zlib.crc32(data)
-                header = _local_header(raw, crc, len(data))
-                f.write(header)
-                f.write(data)
-                central.append(_central_header(raw, crc, len(data), offset))
-                offset += len(header) + len(data)
-                count += 1
-            cd = b"".join(central)
-            f.write(cd)
-            f.write(_END.pack(b"PK\x05\x06", 0, 0, count, count, len(cd), offset, 0))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(out) as f:
+        central, offset, count = [], 0, 0
+        for name, data in members:
+            raw = name.encode("utf-8")
+            crc = zlib.crc32(data)
+            header = _local_header(raw, crc, len(data))
+            f.write(header)
+            f.write(data)
+            central.append(_central_header(raw, crc, len(data), offset))
+            offset += len(header) + len(data)
+            count += 1
+        cd = b"".join(central)
+        f.write(cd)
+        f.write(_END.pack(b"PK\x05\x06", 0, 0, count, count, len(cd), offset, 0))
     return out
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from ._atomic import atomic_write
 from ._canonical import canonical_bytes, loads_strict
 from ._errors import EdgepackError, KeyFileError
 
@@ -111,20 +112,10 @@ def generate_key() -> SigningKey:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            raise KeyFileError(f"{path} already exists", where=str(path),
-                               hint="choose another --name or --out; keys are never overwritten")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if path.exists():
+        raise KeyFileError(f"{path} already exists", where=str(path),
+                           hint="choose another --name or --out; keys are never overwritten")
+    atomic_write(path, data, mode)
 
 
 def save_key_pair(key: SigningKey, out_dir: Path, name: str, passphrase: bytes | None = None) -> tuple[Path, Path]:

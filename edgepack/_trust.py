@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._atomic import atomic_write
 from ._canonical import canonical_bytes, loads_strict
 from ._errors import EdgepackError, TrustError, VerificationError
 from ._keys import PublicKey, SigningKey
@@ -104,10 +105,7 @@ class Trust:
         return new
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        p = Path(path)
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        tmp.write_bytes(canonical_bytes(self.to_dict()) + b"\n")
-        os.replace(tmp, p)
+        atomic_write(path, canonical_bytes(self.to_dict()) + b"\n")
 
 
 def load_trust(path: str | os.PathLike[str]) -> Trust:

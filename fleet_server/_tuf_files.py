@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from edgepack import FleetError, PathTraversalError
+from edgepack._atomic import atomic_write
 
 __all__ = ["TufRepositoryError", "atomic_write", "check_name", "locked"]
 
@@ -38,26 +37,6 @@ def check_name(value: str, what: str) -> str:
             hint="use 1-128 characters from A-Z a-z 0-9 . _ - (no '/', no '..', not starting with '.')",
         )
     return value
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file, fsync, ``os.replace``.
-
-    A reader (a device mid-refresh, or another worker) sees the old file or the
-    new one, never a torn one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -20,24 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from edgepack import ConfigError, loads_strict
+from edgepack._atomic import atomic_write
 
 __all__ = ["AgentState", "Outbox", "write_atomic"]
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+write_atomic = atomic_write  # kept for callers in this package
 
 
 @dataclass
