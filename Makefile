@@ -10,7 +10,7 @@ STAMP := $(VENV)/.edgepack-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps lint typecheck bench clean
+.PHONY: demo test test-flower install system-deps lint typecheck bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ test: install system-deps
 
 demo: install
 	$(PY) examples/demo.py
+
+# The Flower adapter in its own environment (flwr's pins conflict with tensorflow's).
+FLWR_VENV := .venv-flwr
+test-flower:
+	@test -x $(FLWR_VENV)/bin/python || $(PYTHON) -m venv $(FLWR_VENV)
+	$(FLWR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check numpy cryptography 'flwr[simulation]>=1.40' scikit-learn pytest pytest-timeout psutil
+	$(FLWR_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(FLWR_VENV)/bin/python -m pytest tests/federated_flower -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check edgepack converters runtime fleet_server tests benchmarks examples

@@ -19,8 +19,16 @@ from ._errors import (
     UnsupportedOpError,
 )
 from ._pipeline import BuildResult, RandomInputsWarning, build
-from ._recipe import PRECISIONS, TARGETS, Recipe, Tolerance, load_recipe, recipe_from_dict, write_init
-from ._recipe import DEFAULT_TOLERANCES
+from ._recipe import (
+    DEFAULT_TOLERANCES,
+    PRECISIONS,
+    TARGETS,
+    Recipe,
+    Tolerance,
+    load_recipe,
+    recipe_from_dict,
+    write_init,
+)
 from ._report import summary_text
 
 __all__ = [

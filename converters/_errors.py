@@ -3,7 +3,14 @@ the CLI exit codes (docs/cli.md) are inherited."""
 
 from __future__ import annotations
 
-from edgepack import ConfigError, ConversionError, DataError, ParityError, PerformanceError, UsageError
+from edgepack import (
+    ConfigError,
+    ConversionError,
+    DataError,
+    ParityError,
+    PerformanceError,
+    UsageError,
+)
 
 __all__ = [
     "CalibrationRequiredError",

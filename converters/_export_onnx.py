@@ -100,12 +100,12 @@ def _export_saved_model(m: LoadedModel, spec: IOSpec, cfg: OnnxExportConfig) -> 
         raise UnsupportedError("SavedModel to ONNX needs tf2onnx", hint="pip install tf2onnx") from e
     patch_tf2onnx()  # tf2onnx 1.17 still uses numpy 1 aliases; Keras ships the fix
     sig = [tf.TensorSpec([None if isinstance(d, str) else d for d in t.shape], t.dtype, name=n)
-           for t, n in zip(spec.inputs, m.input_names)]
+           for t, n in zip(spec.inputs, m.input_names, strict=False)]
     names, fn = m.input_names, m.model
 
     @tf.function
     def serve(*args: object) -> object:  # tf2onnx wants a tf.function, a signature is a ConcreteFunction
-        out = fn(**dict(zip(names, args)))
+        out = fn(**dict(zip(names, args, strict=False)))
         return [out[k] for k in sorted(out)]  # the reference runner orders outputs the same way
 
     try:

@@ -241,11 +241,11 @@ def _forward(m: LoadedModel, xs: list[np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(o) for o in _as_list(m.model(xs[0] if len(xs) == 1 else xs, training=False))]
     if m.kind == "saved_model":
         import tensorflow as tf
-        out = m.model(**{n: tf.constant(x) for n, x in zip(m.input_names, xs)})
+        out = m.model(**{n: tf.constant(x) for n, x in zip(m.input_names, xs, strict=False)})
         return [out[k].numpy() for k in m.output_names]
     if m.kind == "onnx":
         sess = m.__dict__.setdefault("_session", _onnx_session(m.model))
-        return list(sess.run(None, dict(zip(m.input_names, xs))))
+        return list(sess.run(None, dict(zip(m.input_names, xs, strict=False))))
     raise ModelLoadError(f"no reference runner for kind {m.kind!r}")
 
 

@@ -58,7 +58,7 @@ def _metrics(ref: np.ndarray, out: np.ndarray, cfg: ParityConfig, labels: np.nda
 def measure(refs: list[np.ndarray], outs: list[np.ndarray], cfg: ParityConfig,
             labels: np.ndarray | None = None) -> list[dict[str, Any]]:
     """One metrics dict per output, in output order."""
-    return [_metrics(r, o, cfg, labels if i == 0 else None) for i, (r, o) in enumerate(zip(refs, outs))]
+    return [_metrics(r, o, cfg, labels if i == 0 else None) for i, (r, o) in enumerate(zip(refs, outs, strict=False))]
 
 
 #: tolerance field -> (metric, comparison); "max" means the metric may not exceed the budget
@@ -75,7 +75,7 @@ def check(artifact: str, output_names: list[str], metrics: list[dict[str, Any]],
           tol: Tolerance) -> list[dict[str, Any]]:
     """Every budget the artifact breaks, as ``{artifact, output, metric, value, limit}``."""
     failures = []
-    for name, m in zip(output_names, metrics):
+    for name, m in zip(output_names, metrics, strict=False):
         if not m["finite"]:
             failures.append({"artifact": artifact, "output": name, "metric": "finite", "value": False,
                              "limit": True})

@@ -177,7 +177,7 @@ def _build(model: Any, rec: Recipe, staging: Staging, calibration: Any, eval_dat
         warnings.warn(msg, UserWarning, stacklevel=3)
         report["warnings"].append(msg)
     b = BundleBuilder(rec.model.name, rec.model.version, io=spec.to_manifest(), lineage=lineage)
-    for a, row in zip(artifacts, rows):
+    for a, row in zip(artifacts, rows, strict=False):
         b.add_artifact(a.name, a.data, format=a.format, precision=a.precision, parity=row["parity"], **a.extra)
     b.set_golden(golden, atol=1e-4, rtol=1e-3, samples=int(min(4, len(x_eval))),
                  rule="fp32 within atol/rtol; quantized: within atol/rtol, or argmax agrees on every sample "
@@ -212,7 +212,7 @@ def _io_spec(rec: Recipe, m: _load.LoadedModel, ispec: TensorSpec, refs: list[np
     if len(names) != len(refs):
         raise ConfigError(f"[output] names lists {len(names)} name(s) but the model has {len(refs)} output(s)",
                           where="[output] names")
-    outs = tuple(TensorSpec(n, ("batch", *r.shape[1:]), "float32") for n, r in zip(names, refs))
+    outs = tuple(TensorSpec(n, ("batch", *r.shape[1:]), "float32") for n, r in zip(names, refs, strict=False))
     labels = tuple(rec.output.labels)
     return IOSpec((ispec,), outs, rec.output.task, labels).with_stats([x])
 
@@ -290,12 +290,12 @@ def _hist(d: np.ndarray) -> dict[str, list[float]]:
 def _golden(x: np.ndarray, refs: list[np.ndarray], artifacts: list[Artifact], spec: IOSpec) -> bytes:
     n = min(4, len(x))
     arrays = {f"in__{spec.inputs[0].name}": x[:n]}
-    for t, r in zip(spec.outputs, refs):
+    for t, r in zip(spec.outputs, refs, strict=False):
         arrays[f"out__{t.name}"] = r[:n]
     for a in artifacts:
         outs = open_session(a.format, a.data).run([x[:n]]) if not a.extra.get("fixed_batch") else \
             run_batched(open_session(a.format, a.data), [x[:n]])
-        for t, o in zip(spec.outputs, outs):
+        for t, o in zip(spec.outputs, outs, strict=False):
             arrays[f"{a.name}__{t.name}"] = o.astype(np.float32)
     buf = io.BytesIO()
     np.savez(buf, **arrays)

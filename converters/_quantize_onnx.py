@@ -51,8 +51,9 @@ def int8_settings(cfg: OnnxQuantizeConfig) -> dict[str, object]:
                               "per_channel": cfg.per_channel, "source": "default"}
     try:
         from . import _cpu
-        found = _cpu.recommended_ort_int8()
-        rec.update({k: v for k, v in _normalise_cpu_rec(found).items() if v is not None}, source="converters._cpu")
+        found = _cpu.recommend_ort_int8()
+        rec.update({k: v for k, v in _normalise_cpu_rec(found).items() if v is not None}, source="converters._cpu",
+                   isa=getattr(found, "isa", None), measured=getattr(found, "measured", None))
     except (ImportError, AttributeError):
         pass  # the guardrail module is optional; the defaults above are the measured-safe choice
     if cfg.activation_type != "auto":

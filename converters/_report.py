@@ -12,9 +12,9 @@ from typing import Any
 
 from edgepack._term import table
 
-from ._svg import bar_chart, histogram
 from ._recipe import Recipe
 from ._spec import IOSpec
+from ._svg import bar_chart, histogram
 
 __all__ = ["html", "make", "summary_text", "to_json"]
 
@@ -28,7 +28,7 @@ def make(rec: Recipe, spec: IOSpec, rows: list[dict[str, Any]], failures: list[d
     return {
         "schema": "edgepack.build-report/v1",
         "name": rec.model.name, "version": rec.model.version,
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "passed": not failures, "io": spec.to_manifest(), "outputs": outputs,
         "artifacts": rows, "failures": failures, "slower_than_fp32": slow,
         "warnings": warnings, "lineage": lineage,
@@ -151,7 +151,7 @@ def html(report: dict[str, Any]) -> str:
     parts.append(f"<div class='card'><h3>latency p50 at batch 1 (ms)</h3>{bar_chart(names, lats, bad)}</div>")
     parts.append(f"<div class='card'><h3>1 − cosine vs original (log)</h3>{bar_chart(names, errs, bad, log=True)}</div>")
     parts.append("</div><h2>Error histograms (|artifact − original|, first output)</h2><div class='grid'>")
-    for a, b in zip(arts, bad):
+    for a, b in zip(arts, bad, strict=False):
         parts.append(f"<div class='card'><h3>{_e(a['name'])}</h3>{histogram(a['abs_errors'], b)}</div>")
     parts.append("</div>")
     parts += _localization_html(arts)

@@ -55,7 +55,7 @@ def _ort_open(data: bytes, threads: int) -> Session:
 
 
 def _ort_run(s: Session, xs: list[np.ndarray]) -> list[np.ndarray]:
-    return list(s.impl.run(None, dict(zip(s.input_names, xs))))
+    return list(s.impl.run(None, dict(zip(s.input_names, xs, strict=False))))
 
 
 def _tfl_open(data: bytes, threads: int) -> Session:
@@ -93,11 +93,11 @@ def _dequant_out(y: np.ndarray, d: dict) -> np.ndarray:
 def _tfl_invoke(it: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
     ins = it.get_input_details()
     if tuple(ins[0]["shape"]) != xs[0].shape:
-        for d, x in zip(ins, xs):
+        for d, x in zip(ins, xs, strict=False):
             it.resize_tensor_input(d["index"], list(x.shape))
         it.allocate_tensors()
         ins = it.get_input_details()
-    for d, x in zip(ins, xs):
+    for d, x in zip(ins, xs, strict=False):
         it.set_tensor(d["index"], _quant_in(x, d))
     it.invoke()
     return [_dequant_out(it.get_tensor(d["index"]).copy(), d) for d in it.get_output_details()]

@@ -30,15 +30,15 @@ class TensorSpec:
         """Raises: DataMismatchError when ``x`` does not fit this input."""
         want = self.shape[1:]
         got = tuple(x.shape[1:])
-        fits = len(got) == len(want) and all(isinstance(w, str) or w == g for w, g in zip(want, got))
+        fits = len(got) == len(want) and all(isinstance(w, str) or w == g for w, g in zip(want, got, strict=False))
         if not fits:
             raise DataMismatchError(
                 f"data has per-sample shape {got}; input '{self.name}' expects {tuple(want)}",
                 where=where, hint="reshape the data (first axis = samples) or fix [input] shape in the recipe")
-        if np.dtype(x.dtype) != np.dtype(self.dtype):
-            # float64 from numpy is the usual cause: converting it silently would hide int data given for floats
-            if not (np.issubdtype(x.dtype, np.floating) and np.issubdtype(np.dtype(self.dtype), np.floating)):
-                raise DataMismatchError(f"data dtype is {x.dtype}; input '{self.name}' expects {self.dtype}",
+        # float64 from numpy is the usual mismatch and is safe to cast; int data given for floats is not
+        both_float = np.issubdtype(x.dtype, np.floating) and np.issubdtype(np.dtype(self.dtype), np.floating)
+        if np.dtype(x.dtype) != np.dtype(self.dtype) and not both_float:
+            raise DataMismatchError(f"data dtype is {x.dtype}; input '{self.name}' expects {self.dtype}",
                                         where=where, hint=f"save the data as {self.dtype}")
 
 

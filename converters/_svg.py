@@ -20,7 +20,7 @@ def bar_chart(labels: list[str], values: list[float], bad: list[bool], *, log: b
     label_w, gap = 150, 6
     h = len(values) * (bar_h + gap) + gap
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{h}' role='img'>"]
-    for i, (lab, v, raw, b) in enumerate(zip(labels, vals, values, bad)):
+    for i, (lab, v, raw, b) in enumerate(zip(labels, vals, values, bad, strict=False)):
         y = gap + i * (bar_h + gap)
         w = max(1.0, (width - label_w - 60) * max(v, 0) / top)
         out.append(f"<text x='0' y='{y + bar_h - 6}' font-size='11'>{html.escape(lab[-24:])}</text>")

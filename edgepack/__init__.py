@@ -25,8 +25,10 @@ from ._keys import (
     save_key_pair,
 )
 from ._manifest import SCHEMA, ArtifactEntry, Manifest
+from ._params import ParamUpdate, apply_param_update, encode_param_update, parse_param_update
 from ._signing import Signature, verify_threshold
 from ._trust import Trust, load_trust
+from ._weights import ParamFormatError, read_weights
 
 __version__ = "0.1.0"
 
@@ -37,12 +39,16 @@ __all__ = [
     "BundleBuilder",
     "Manifest",
     "OpenedBundle",
+    "ParamFormatError",
+    "ParamUpdate",
     "PublicKey",
     "Signature",
     "SigningKey",
     "Trust",
     "VerifiedBundle",
     "__version__",
+    "apply_param_update",
+    "encode_param_update",
     "canonical_bytes",
     "generate_key",
     "load_public_key",
@@ -50,6 +56,8 @@ __all__ = [
     "load_trust",
     "loads_strict",
     "open_bundle",
+    "parse_param_update",
+    "read_weights",
     "save_key_pair",
     "sign_bundle",
     "verify_bundle",

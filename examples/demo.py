@@ -15,6 +15,11 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import logging  # noqa: E402
+
+# the exporters log pages of INFO/WARNING lines; the demo's own summary says what happened
+for _name in ("torch", "torch.onnx", "torch._dynamo", "absl", "tensorflow"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 import numpy as np  # noqa: E402
 
@@ -34,6 +39,7 @@ def train_digits_cnn(x: np.ndarray, y: np.ndarray, epochs: int = 12):
             t = torch.nn.functional.max_pool2d(torch.relu(self.c2(t)), 2)
             return self.fc(t.flatten(1))
 
+    torch._logging.set_logs(all=logging.ERROR)  # torch installs its own handlers; setLevel alone misses them
     torch.manual_seed(0)
     torch.set_num_threads(2)
     m = DigitsCNN()

@@ -19,8 +19,19 @@ from ._errors import (
     UnknownDeviceError,
 )
 from ._gates import GateConfig
-from ._publish import Publisher, StoragePublisher, TufPublisher, target_path
+from ._param_releases import param_trust, store_param_update
+from ._publish import (
+    ParamsDeliveryUnavailableError,
+    Publisher,
+    StoragePublisher,
+    TufPublisher,
+    publish_release,
+    release_target,
+    target_path,
+)
 from ._storage import LocalStorage, Storage
+from ._tuf import TufRepository
+from ._tuf_root import rotate_root
 
 __all__ = [
     "ApiError",
@@ -34,14 +45,21 @@ __all__ = [
     "GateConfig",
     "LocalStorage",
     "NotFoundError",
+    "ParamsDeliveryUnavailableError",
     "PayloadTooLargeError",
     "Publisher",
     "RolloutStateError",
     "Storage",
     "StoragePublisher",
     "TufPublisher",
+    "TufRepository",
     "UnknownDeviceError",
     "create_app",
     "load_config",
+    "param_trust",
+    "publish_release",
+    "release_target",
+    "rotate_root",
+    "store_param_update",
     "target_path",
 ]

@@ -17,7 +17,7 @@ from ._auth import authenticate_device, hash_token
 from ._errors import AuthError, BadRequestError, ConflictError
 from ._http import check_name, fleet, json_body, opt, tags_of
 from ._models import Alert, Device, EnrollmentToken, Group, Release, Report, Rollout
-from ._publish import target_path
+from ._publish import release_target
 
 __all__ = ["bp"]
 
@@ -66,7 +66,7 @@ def assignment(device_id: str):  # type: ignore[no-untyped-def]
         rel = s.get(Release, dev.desired_release_id)
         group = s.get(Group, dev.group_id)
     return jsonify({
-        "release": {"name": rel.name, "version": rel.version, "target": target_path(group.name, rel.name, rel.version),
+        "release": {"name": rel.name, "version": rel.version, "target": release_target(group.name, rel),
                     "sha256": rel.sha256, "size": rel.size, "kind": rel.kind, "base_version": rel.base_version},
         "rollout_id": dev.rollout_id,
     })

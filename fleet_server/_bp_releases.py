@@ -1,4 +1,4 @@
-"""The admin API for releases: upload (verified against the release trust file) and listing."""
+"""The admin API for releases: upload (verified against the release trust file), parameter updates, listing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from sqlalchemy import select
 from ._auth import require_admin
 from ._http import fleet
 from ._models import Release
+from ._param_releases import store_param_update
 from ._releases import get_release, release_dict, store_release
 
 __all__ = ["bp"]
@@ -34,3 +35,16 @@ def list_releases():  # type: ignore[no-untyped-def]
 def show(release_id: int):  # type: ignore[no-untyped-def]
     with fleet().db.read() as s:
         return jsonify(release_dict(get_release(s, release_id)))
+
+
+@bp.post("/<int:release_id>/params")
+@require_admin
+def upload_params(release_id: int):  # type: ignore[no-untyped-def]
+    # Either the .epu itself as the body, or multipart fields "update" and (optional) "delta".
+    if request.mimetype == "multipart/form-data":
+        full, delta = request.files.get("update"), request.files.get("delta")
+        update = full.read() if full else b""
+        delta_bytes = delta.read() if delta else None
+    else:
+        update, delta_bytes = request.get_data(cache=False), None
+    return jsonify(store_param_update(fleet(), release_id, update, delta_bytes or None)), 201

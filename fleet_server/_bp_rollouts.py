@@ -9,6 +9,7 @@ from ._auth import require_admin
 from ._errors import BadRequestError, NotFoundError
 from ._http import check_name, fleet, json_body, opt
 from ._models import Group, Rollout
+from ._publish import publish_release
 from ._releases import get_release
 from ._rollouts import act, create_rollout, rollout_dict, tick, tick_all
 
@@ -30,7 +31,7 @@ def start():  # type: ignore[no-untyped-def]
         if grp is None:
             raise NotFoundError(f"no group {group_name!r}", where="group")
     # publish first: if TUF signing fails, no device is ever assigned a target it cannot fetch
-    f.publisher.publish(group_name, rel.name, rel.version, rel.storage_key, rel.sha256)
+    publish_release(f.publisher, group_name, rel)
     with f.db.write() as s:
         r = create_rollout(f, s, s.get(type(rel), rel.id), s.get(Group, grp.id), waves=doc.get("waves"),
                            gates=doc.get("gates"), timing=doc.get("timing"), actor=g.admin)

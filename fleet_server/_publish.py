@@ -18,9 +18,13 @@ from typing import Any, Protocol
 
 from edgepack import PathTraversalError, load_signing_key
 
+from runtime.agent._delta import params_target_path
+
+from ._errors import ConflictError
 from ._storage import Storage, check_key
 
-__all__ = ["Publisher", "StoragePublisher", "TargetBlob", "TufPublisher", "open_publisher", "target_path"]
+__all__ = ["ParamsDeliveryUnavailableError", "Publisher", "StoragePublisher", "TargetBlob", "TufPublisher",
+           "open_publisher", "publish_release", "release_target", "target_path"]
 
 TUF_DIR = "tuf"
 _HASHED = re.compile(r"^[0-9a-f]{64}\.(.+)$")
@@ -29,6 +33,44 @@ _HASHED = re.compile(r"^[0-9a-f]{64}\.(.+)$")
 def target_path(group: str, name: str, version: int) -> str:
     """The TUF target path of a release bundle in a group (``groups/<group>/<name>-<version>.edgepack``)."""
     return f"groups/{group}/{name}-{version}.edgepack"
+
+
+def _bundle_target(group: str, name: str, version: int) -> str:
+    return target_path(group, name, version)
+
+
+def _params_target(group: str, name: str, version: int) -> str:
+    # Parameter updates are signed by the federated role, which TUF confines to params/:
+    # one target for every group, unlike bundles (one per group role).
+    return params_target_path(name, version)
+
+
+#: release kind -> its TUF target path in a group
+TARGET_FOR: dict[str, Callable[[str, str, int], str]] = {"bundle": _bundle_target, "params": _params_target}
+
+
+def release_target(group: str, release: Any) -> str:
+    """The TUF target path a device of ``group`` is assigned for ``release`` (a ``Release`` row)."""
+    return TARGET_FOR[release.kind](group, release.name, release.version)
+
+
+class ParamsDeliveryUnavailableError(ConflictError):
+    """Parameter updates are delivered only through the TUF repository (federated role)."""
+
+
+def publish_release(publisher: Publisher, group: str, release: Any) -> str:
+    """Make ``release`` (a ``Release`` row) downloadable by ``group``; return its target path.
+
+    Raises:
+        ParamsDeliveryUnavailableError: a parameter update on a fleet without TUF.
+        PathTraversalError, TufRepositoryError: from the publisher.
+    """
+    if release.kind == "params":
+        delta = (release.manifest or {}).get("delivery", {}).get("delta")
+        return publisher.publish_params(
+            release.name, release.version, release.storage_key, release.sha256,
+            (int(delta["base_version"]), delta["storage_key"], delta["sha256"]) if delta else None)
+    return publisher.publish(group, release.name, release.version, release.storage_key, release.sha256)
 
 
 @dataclass(frozen=True)
@@ -47,6 +89,10 @@ class Publisher(Protocol):
 
     def publish(self, group: str, name: str, version: int, storage_key: str, sha256: str) -> str:
         """Make the release downloadable by ``group``; return its target path."""
+
+    def publish_params(self, name: str, version: int, storage_key: str, sha256: str,
+                       delta: tuple[int, str, str] | None) -> str:
+        """Publish a parameter update (and its delta: base version, storage key, sha256); return its target."""
 
     def metadata(self, filename: str) -> bytes:
         """Raises FileNotFoundError when there is no such file (or no TUF at all)."""
@@ -87,6 +133,13 @@ class StoragePublisher:
 
     def publish(self, group: str, name: str, version: int, storage_key: str, sha256: str) -> str:
         return target_path(group, name, version)
+
+    def publish_params(self, name: str, version: int, storage_key: str, sha256: str,
+                       delta: tuple[int, str, str] | None) -> str:
+        raise ParamsDeliveryUnavailableError(
+            "this fleet has no TUF repository, so it cannot deliver parameter updates",
+            where="release", hint="parameter updates are signed by the federated TUF role: create the fleet with "
+                                  "`edgepack fleet init --root-key ...` so it has a TUF repository")
 
     def metadata(self, filename: str) -> bytes:
         raise FileNotFoundError(f"this fleet has no TUF repository ({filename})")
@@ -129,6 +182,23 @@ class TufPublisher:
                                      where=storage_key, hint="the artifact store was modified; re-upload")
         self.repo.add_group(group)
         self.repo.publish_target(group, path.rsplit("/", 1)[1], data, {"name": name, "version": version})
+        return path
+
+    def _read_checked(self, storage_key: str, sha256: str) -> bytes:
+        data = b"".join(self.storage.read_range(storage_key))
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise PathTraversalError(f"stored artifact {storage_key} does not match its recorded sha256",
+                                     where=storage_key, hint="the artifact store was modified; re-upload")
+        return data
+
+    def publish_params(self, name: str, version: int, storage_key: str, sha256: str,
+                       delta: tuple[int, str, str] | None) -> str:
+        path = params_target_path(name, version)
+        if path in self.repo.params_targets():
+            return path  # a second rollout (another group) of the same update: already signed
+        data = self._read_checked(storage_key, sha256)
+        d = (delta[0], self._read_checked(delta[1], delta[2])) if delta else None
+        self.repo.publish_params(name, version, data, delta=d, custom={"name": name, "version": version})
         return path
 
     def metadata(self, filename: str) -> bytes:

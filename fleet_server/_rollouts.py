@@ -30,6 +30,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from ._errors import BadRequestError, ConflictError, NotFoundError, RolloutStateError
 from ._gates import GateConfig, evaluate
 from ._models import Alert, Device, Group, Release, Report, Rollout, RolloutEvent
+from ._publish import publish_release
 
 __all__ = ["ACTIONS", "ACTIVE", "DEFAULT_TIMING", "DEFAULT_WAVES", "act", "create_rollout", "rollout_dict",
            "tick", "tick_all"]
@@ -122,7 +123,7 @@ def _rollback(fleet: Any, s: Session, r: Rollout, reason: str, actor: str, *, au
     group = s.get(Group, r.group_id)
     if prev is not None:
         try:  # the previous release must still be downloadable (Greengrass #1203: rollback to a deleted version)
-            fleet.publisher.publish(group.name, prev.name, prev.version, prev.storage_key, prev.sha256)
+            publish_release(fleet.publisher, group.name, prev)
         except Exception as e:  # noqa: BLE001 (recorded as an alert; the assignment still goes back)
             s.add(Alert(level="critical", kind="publish", rollout_id=r.id,
                         message=f"could not republish {prev.name} v{prev.version} for the rollback: {e}"))

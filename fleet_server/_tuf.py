@@ -210,6 +210,10 @@ class TufRepository:
         """The targets currently published for ``group``."""
         return dict(self._open(group_role(group)).signed.targets)
 
+    def params_targets(self) -> dict[str, TargetFile]:
+        """The parameter-update targets (full and delta) currently signed by the federated role."""
+        return dict(self._open(FEDERATED_ROLE).signed.targets)
+
     def status(self, now: dt.datetime | None = None) -> dict[str, dict[str, Any]]:
         """Version and expiry of every role, for the dashboard and alerts.
 

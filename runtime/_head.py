@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgepack._params import FlatTable, _fields, _varint, read_weights
+from edgepack._weights import FlatTable, _fields, _varint, read_weights
 
 from ._backends import BackendOptions, get_backend
 from ._errors import TrainingError

@@ -117,3 +117,17 @@ def test_reports_are_written_next_to_the_bundle_and_inside_it(torch_build, verif
     assert "<script" not in page
     assert verified.member("reports/report.html").decode() == page
     assert not [p for p in torch_build.out_dir.iterdir() if p.name.startswith(".staging")]
+
+
+def test_int8_onnx_uses_the_cpu_guardrails_settings(verified):
+    from converters import _cpu
+    entry = verified.manifest.artifact("artifacts/digits.int8.onnx")
+    settings = entry.unrecognized["int8_settings"]
+    rec = _cpu.recommend_ort_int8()
+    assert settings["source"] == "converters._cpu" and settings["isa"] == rec.isa
+    assert settings["activation_type"] == rec.activation_type
+    m = _onnx(verified, "digits.int8.onnx")
+    inits = {i.name: i for i in m.graph.initializer}
+    q_in = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    want = onnx.TensorProto.UINT8 if rec.activation_type == "uint8" else onnx.TensorProto.INT8
+    assert inits[q_in.input[2]].data_type == want

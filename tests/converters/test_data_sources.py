@@ -55,7 +55,7 @@ def test_image_directory_is_resized_normalised_and_labelled_by_folder(tmp_path):
     ds = _data.run(tmp_path, cfg)
     assert ds.x.shape == (6, 3, 16, 24) and ds.x.dtype == np.float32
     assert sorted(set(ds.y.tolist())) == [0, 1, 2]
-    assert -2.0 - 1e-6 <= ds.x.min() and ds.x.max() <= 2.0 + 1e-6
+    assert ds.x.min() >= -2.0 - 1e-6 and ds.x.max() <= 2.0 + 1e-6
 
 
 def test_image_directory_without_a_preprocessing_spec_is_refused(tmp_path):

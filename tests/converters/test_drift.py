@@ -84,3 +84,32 @@ def test_auto_fix_stops_at_the_limit_and_still_fails(drift_data, tmp_path):
     row = next(a for a in ei.value.report["artifacts"] if a["name"] == "model.int8.onnx")
     assert row["auto_fix"]["passed"] is False
     assert all(len(t["excluded"]) <= 1 for t in row["auto_fix"]["tries"])
+
+
+def test_fp16_overflow_fails_the_fp16_budget_while_fp32_passes(tmp_path):
+    import numpy as np
+    import torch
+
+    class Overflow(torch.nn.Module):
+        """Intermediate activations ~1e6 exceed fp16's 65504: fp16 artifacts produce inf."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = torch.nn.Linear(8, 8)
+            self.b = torch.nn.Linear(8, 4)
+            with torch.no_grad():
+                self.a.weight.mul_(1e6)
+                self.b.weight.mul_(1e-6)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    x = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
+    rec = {"build": {"targets": ["onnx"], "precisions": ["fp32", "fp16"]}}
+    with warnings.catch_warnings(), pytest.raises(converters.ParityFailedError) as ei:
+        warnings.simplefilter("ignore")
+        converters.build(Overflow().eval(), rec, out=tmp_path, eval_data=x)
+    failed = {(f["artifact"], f["metric"]) for f in ei.value.failures}
+    assert ("model.fp16.onnx", "finite") in failed
+    assert not any(a == "model.fp32.onnx" for a, _ in failed)

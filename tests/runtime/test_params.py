@@ -44,7 +44,9 @@ def _update(store, onnx_bytes, tflite_bytes, mlp_weights, key, *, encoding="delt
 
 
 def test_every_weight_locator_is_tested():
-    assert sorted(_params.LOCATORS) == ["onnx", "tflite"]
+    from edgepack import _weights
+
+    assert sorted(_weights.LOCATORS) == ["onnx", "tflite"]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])

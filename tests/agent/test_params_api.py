@@ -1,0 +1,119 @@
+"""Parameter-update releases through the admin API, end to end: the real Flask app on
+127.0.0.1, the TUF repository, and a device agent with a real A/B store.
+
+The server verifies the ``.epu`` (signature, base release, rebuilt artifact hashes)
+before storing it; the rollout assigns the federated ``params/`` target; the agent
+fetches the delta (smaller) and the model it then serves has the fine-tuned weights."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from edgepack import generate_key
+from edgepack._params import read_weights
+from fleet_server._models import Report
+from runtime.agent import delta_target_path, params_target_path
+
+from .test_params_delta import N_IN, _bundle, _update, wide_onnx  # noqa: F401 (fixture)
+
+
+def _multipart(fields: dict[str, bytes]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    out = b""
+    for name, data in fields.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.epu\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _post_params(env, release_id: int, fields: dict[str, bytes]) -> tuple[int, dict]:
+    body, ctype = _multipart(fields)
+    req = urllib.request.Request(f"{env.url}/api/v1/admin/releases/{release_id}/params", data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {env.admin}", "Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 (loopback)
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture
+def base(fleet_env, make_agent, wide_onnx, release_keys, tmp_path):
+    agent = make_agent()
+    rel = fleet_env.upload(_bundle(tmp_path / "wide-1.edgepack", wide_onnx, release_keys[:1]))
+    fleet_env.roll_out(rel["id"])
+    agent.step()
+    assert agent.installer.active_version() == 1
+    w = read_weights("onnx", wide_onnx, ["W"])["W"]
+    fine = w.copy()
+    fine[:, :4] += 0.01 * np.random.default_rng(1).standard_normal((N_IN, 4)).astype(np.float32)
+    return agent, rel, fine
+
+
+def test_uploaded_params_release_rolls_out_and_the_device_applies_the_delta(fleet_env, base, wide_onnx) -> None:
+    agent, rel, fine = base
+    full = _update(wide_onnx, fine, fleet_env.federated, "whole")
+    delta = _update(wide_onnx, fine, fleet_env.federated, "delta-xor")
+    assert len(delta) < len(full)
+    status, prel = _post_params(fleet_env, rel["id"], {"update": full, "delta": delta})
+    assert status == 201, prel
+    assert (prel["kind"], prel["version"], prel["base_version"], prel["size"]) == ("params", 2, 1, len(full))
+    assert prel["delta"]["size"] == len(delta)
+
+    fleet_env.roll_out(prel["id"])
+    agent.step()
+    assert agent.installer.active_version() == 2
+    # the assignment pointed at the federated params/ target, and the smaller delta was what crossed the wire
+    assert agent.last_delivery["delta"] is True and agent.last_delivery["bytes_received"] == len(delta)
+    targets = fleet_env.fleet.publisher.repo.params_targets()
+    assert params_target_path("wide", 2) in targets and delta_target_path(params_target_path("wide", 2), 1) in targets
+    x = np.random.default_rng(5).standard_normal((3, N_IN)).astype(np.float32)
+    b = read_weights("onnx", wide_onnx, ["B"])["B"]
+    np.testing.assert_allclose(agent.installer.model().predict(x), x @ fine + b, rtol=1e-5, atol=1e-5)
+    agent.flush()
+    with fleet_env.fleet.db.read() as s:
+        oks = s.scalars(select(Report).where(Report.kind == "install", Report.release_version == 2)).all()
+        assert [r.ok for r in oks] == [True]
+
+
+def test_full_update_alone_is_served_when_no_delta_is_uploaded(fleet_env, base, wide_onnx) -> None:
+    agent, rel, fine = base
+    full = _update(wide_onnx, fine, fleet_env.federated, "whole")
+    status, prel = _post_params(fleet_env, rel["id"], {"update": full})
+    assert status == 201 and prel["delta"] is None
+    fleet_env.roll_out(prel["id"])
+    agent.step()
+    assert agent.installer.active_version() == 2
+    assert agent.last_delivery["delta"] is False and agent.last_delivery["bytes_received"] == len(full)
+
+
+@pytest.mark.parametrize("case", ["wrong_key", "wrong_base", "delta_other_weights", "garbage", "not_newer"])
+def test_bad_param_uploads_are_refused_and_nothing_is_stored(fleet_env, base, wide_onnx, case) -> None:
+    agent, rel, fine = base
+    good = _update(wide_onnx, fine, fleet_env.federated, "whole")
+    fields = {
+        "wrong_key": {"update": _update(wide_onnx, fine, generate_key(), "whole")},
+        "wrong_base": {"update": good},
+        "delta_other_weights": {"update": good,
+                                "delta": _update(wide_onnx, fine * 1.5, fleet_env.federated, "delta-xor")},
+        "garbage": {"update": b"EPPU1\nnot an update"},
+        "not_newer": {"update": good},
+    }[case]
+    rid = rel["id"]
+    if case == "wrong_base":
+        rid = 999
+    if case == "not_newer":
+        assert _post_params(fleet_env, rid, fields)[0] == 201
+    before = fleet_env.admin_call("GET", "/api/v1/admin/releases")["releases"]
+    status, err = _post_params(fleet_env, rid, fields)
+    expected = {"wrong_key": 422, "wrong_base": 404, "delta_other_weights": 422, "garbage": 422, "not_newer": 409}
+    assert status == expected[case], err
+    assert set(err) >= {"error", "message"}
+    assert fleet_env.admin_call("GET", "/api/v1/admin/releases")["releases"] == before
