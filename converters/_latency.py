@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ._cpu import SLOWDOWN_MARGIN
 from ._errors import QuantizedSlowerError
 from ._runners import open_session
 
@@ -20,7 +21,8 @@ class LatencyConfig:
     runs: int = 30
     warmup: int = 5
     threads: int = 1
-    slower_margin: float = 0.10
+    #: one noise margin for the whole project, measured in docs/perf-guardrail.md
+    slower_margin: float = SLOWDOWN_MARGIN
     #: ...and by more than this many ms: at tens of microseconds, call overhead, not arithmetic, decides
     min_slower_ms: float = 0.05
 

@@ -48,7 +48,7 @@ STATUS_FOR = {
     VerificationError: 422,
     ConfigError: 503,
 }
-UPLOAD_ENDPOINTS = {"releases.upload"}
+UPLOAD_ENDPOINTS = {"releases.upload", "releases.upload_params"}
 
 
 class Fleet:
@@ -94,7 +94,13 @@ class Fleet:
         """Advance rollouts and enforce deadlines, then re-sign TUF metadata that is due (tufup #36)."""
         from ._rollouts import tick_all
 
+        from ._rounds import tick_rounds
+
         tick_all(self, now.timestamp() if now else None)
+        try:
+            tick_rounds(self, now.timestamp() if now else None)
+        except EdgepackError:  # a broken round must not stop rollouts or TUF re-signing; logged, retried next tick
+            log.exception("round tick failed")
         return self.publisher.refresh(now)
 
 
@@ -178,7 +184,16 @@ def create_app(config: FleetConfig | None = None, *, storage: Storage | None = N
     Raises:
         ConfigError: no secret key, or a database that is not initialised / has another schema.
     """
-    from . import _bp_admin, _bp_device, _bp_releases, _bp_rollouts, _dashboard, _delivery
+    from . import (
+        _bp_admin,
+        _bp_device,
+        _bp_releases,
+        _bp_rollouts,
+        _bp_rounds,
+        _dashboard,
+        _dashboard_rounds,
+        _delivery,
+    )
 
     config = config or load_config()
     app = Flask("fleet_server", instance_path=str(config.instance_dir.resolve()), static_folder=None)
@@ -191,7 +206,8 @@ def create_app(config: FleetConfig | None = None, *, storage: Storage | None = N
     fleet = Fleet(config, storage)
     fleet.db.create_schema()
     app.extensions["edgepack_fleet"] = fleet
-    for bp in (_bp_device.bp, _bp_admin.bp, _bp_releases.bp, _bp_rollouts.bp, _delivery.bp, _dashboard.bp):
+    for bp in (_bp_device.bp, _bp_admin.bp, _bp_releases.bp, _bp_rollouts.bp, _bp_rounds.bp, _delivery.bp,
+               _dashboard.bp, _dashboard_rounds.bp):
         app.register_blueprint(bp)
 
     @app.get("/metrics")

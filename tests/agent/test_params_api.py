@@ -117,3 +117,18 @@ def test_bad_param_uploads_are_refused_and_nothing_is_stored(fleet_env, base, wi
     assert status == expected[case], err
     assert set(err) >= {"error", "message"}
     assert fleet_env.admin_call("GET", "/api/v1/admin/releases")["releases"] == before
+
+
+def test_param_upload_is_not_held_to_the_json_body_limit(fleet_env, base, wide_onnx) -> None:
+    from fleet_server import FleetConfig, create_app
+
+    _, rel, fine = base
+    full = _update(wide_onnx, fine, fleet_env.federated, "whole")
+    small_json = FleetConfig(instance_dir=fleet_env.instance, secret_key="agent-tests", testing=True,
+                             tick_interval_s=0, max_json_bytes=1024)
+    assert len(full) > small_json.max_json_bytes
+    resp = create_app(small_json).test_client().post(
+        f"/api/v1/admin/releases/{rel['id']}/params", data=full,
+        headers={"Authorization": f"Bearer {fleet_env.admin}", "Content-Type": "application/octet-stream"})
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.get_json()["kind"] == "params" and resp.get_json()["size"] == len(full)

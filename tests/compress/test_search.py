@@ -101,3 +101,14 @@ def test_bad_search_settings_are_config_errors(field, value):
 
     with pytest.raises(ConfigError):
         SearchConfig(**{field: value})
+
+
+def test_report_section_plots_every_candidate_and_rings_the_pick(searched):
+    from converters._compress_report import html_section, pareto_svg, search_text
+
+    _, res = searched
+    svg = pareto_svg(res)
+    assert svg.count("r='4'") == len(res.candidates)
+    assert svg.count("stroke='#c0392b'") == 1
+    assert res.best.label in search_text(res)
+    assert "<svg" in html_section([], res)

@@ -131,3 +131,24 @@ def test_int8_onnx_uses_the_cpu_guardrails_settings(verified):
     q_in = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
     want = onnx.TensorProto.UINT8 if rec.activation_type == "uint8" else onnx.TensorProto.INT8
     assert inits[q_in.input[2]].data_type == want
+
+
+def test_torch_tflite_fp16_and_dynamic_int8_via_ai_edge_quantizer(torch_cnn, digits, tmp_path):
+    import warnings
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    import converters
+    rec = {"build": {"targets": ["tflite"], "precisions": ["fp16", "int8-dynamic"]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = converters.build(torch_cnn, rec, out=tmp_path, eval_data=(digits["x_eval"], digits["y_eval"]))
+    by_prec = {a["precision"]: a for a in r.artifacts}
+    assert all(a["parity"]["passed"] for a in r.artifacts)
+    import zipfile
+    z = zipfile.ZipFile(r.bundle)
+    for prec, dtype in (("fp16", np.float16), ("int8-dynamic", np.int8)):
+        it = Interpreter(model_content=z.read(f"artifacts/{by_prec[prec]['name']}"))
+        assert dtype in {d["dtype"] for d in it.get_tensor_details()}, prec
+        assert it.get_input_details()[0]["dtype"] == np.float32  # float I/O: no io_quant needed
+    assert by_prec["int8-dynamic"]["size"] < by_prec["fp16"]["size"]  # 1-byte vs 2-byte weights

@@ -91,7 +91,7 @@ def test_fp16_overflow_fails_the_fp16_budget_while_fp32_passes(tmp_path):
     import torch
 
     class Overflow(torch.nn.Module):
-        """Intermediate activations ~1e6 exceed fp16's 65504: fp16 artifacts produce inf."""
+        """Intermediate activations ~1e6 exceed fp16's 65504: the fp16 artifact saturates."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -111,5 +111,5 @@ def test_fp16_overflow_fails_the_fp16_budget_while_fp32_passes(tmp_path):
         warnings.simplefilter("ignore")
         converters.build(Overflow().eval(), rec, out=tmp_path, eval_data=x)
     failed = {(f["artifact"], f["metric"]) for f in ei.value.failures}
-    assert ("model.fp16.onnx", "finite") in failed
+    assert {("model.fp16.onnx", "max_rel"), ("model.fp16.onnx", "cosine")} <= failed
     assert not any(a == "model.fp32.onnx" for a, _ in failed)

@@ -98,3 +98,11 @@ def test_every_registered_exporter_and_producer_is_tested():
     assert set(_export_onnx.EXPORTERS) == tested and set(_export_tflite.EXPORTERS) == tested
     assert set(_artifacts.PRODUCERS) == set(converters.TARGETS)
     assert set(_load.LOADERS) == {".pt2", ".keras", ".onnx", "saved_model"}
+
+
+def test_importing_converters_loads_no_framework():
+    import subprocess
+    import sys
+    code = "import sys, converters; print(sorted(m for m in ('torch', 'tensorflow', 'onnx', 'keras') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"

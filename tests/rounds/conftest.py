@@ -1,0 +1,179 @@
+"""Fixtures for round tests: a real ONNX softmax-regression bundle on digits, the Flask app on
+SQLite, an admin client and signed device clients (minimal copies of tests/fleet/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepack import BundleBuilder, Trust, generate_key, save_key_pair
+from edgepack._device_auth import sign_request
+
+
+def onnx_linear(W: np.ndarray, b: np.ndarray) -> bytes:
+    """logits = x @ W + b, with W and b as raw-data initializers (patchable by parameter updates)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["logits"])],
+        "digits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(W.astype(np.float32), "W"), numpy_helper.from_array(b.astype(np.float32), "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def softmax_regression(x: np.ndarray, y: np.ndarray, steps: int, W=None, b=None, lr: float = 0.5):
+    W = np.zeros((64, 10)) if W is None else W.astype(np.float64).copy()
+    b = np.zeros(10) if b is None else b.astype(np.float64).copy()
+    onehot = np.eye(10)[y]
+    for _ in range(steps):
+        z = x @ W + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - onehot) / len(x)
+        W -= lr * x.T @ g
+        b -= lr * g.sum(0)
+    return W.astype(np.float32), b.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    return x[:1200], d.target[:1200], x[1200:], d.target[1200:]
+
+
+@pytest.fixture(scope="session")
+def champion(digits):
+    """Base weights trained only a little, and better weights trained longer from them."""
+    x, y, _, _ = digits
+    W0, b0 = softmax_regression(x, y, 3)
+    W1, b1 = softmax_regression(x, y, 150, W0, b0)
+    return (W0, b0), (W1, b1)
+
+
+@pytest.fixture(scope="session")
+def release_key():
+    return generate_key()
+
+
+@pytest.fixture(scope="session")
+def trust_file(tmp_path_factory, release_key):
+    p = tmp_path_factory.mktemp("trust") / "trust.json"
+    Trust.of([release_key.public]).save(p)
+    return p
+
+
+@pytest.fixture(scope="session")
+def base_bundle(tmp_path_factory, release_key, champion) -> Path:
+    (W0, b0), _ = champion
+    b = BundleBuilder("digits", 1, io={"inputs": [{"name": "x", "shape": [1, 64], "dtype": "float32"}]})
+    b.add_artifact("model.onnx", onnx_linear(W0, b0), format="onnx", precision="fp32")
+    return b.write(tmp_path_factory.mktemp("bundles") / "digits-1.edgepack", [release_key])
+
+
+@pytest.fixture(scope="session")
+def eval_npz(tmp_path_factory, digits) -> Path:
+    _, _, xt, yt = digits
+    p = tmp_path_factory.mktemp("eval") / "eval.npz"
+    np.savez(p, x=xt, y=yt)
+    return p
+
+
+@pytest.fixture
+def federated_key(tmp_path):
+    """The fleet's online federated key where a TUF fleet keeps it (INSTANCE/tuf/federated.key)."""
+    k = generate_key()
+    save_key_pair(k, tmp_path / "instance" / "tuf", "federated")
+    return k
+
+
+@pytest.fixture
+def app(tmp_path, trust_file):
+    from fleet_server import FleetConfig, create_app
+
+    cfg = FleetConfig(instance_dir=tmp_path / "instance", database_url=f"sqlite:///{tmp_path / 'fleet.db'}",
+                      secret_key="s" * 48, release_trust=trust_file, tick_interval_s=0, report_tick_interval_s=0,
+                      testing=True)
+    app = create_app(cfg)
+    yield app
+    app.extensions["edgepack_fleet"].db.dispose()
+
+
+@pytest.fixture
+def fleet(app):
+    return app.extensions["edgepack_fleet"]
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class Admin:
+    def __init__(self, client, token: str) -> None:
+        self.client, self.headers = client, {"Authorization": f"Bearer {token}"}
+
+    def post(self, path: str, body=None):
+        return self.client.post(f"/api/v1/admin{path}", json=body, headers=self.headers)
+
+    def get(self, path: str):
+        return self.client.get(f"/api/v1/admin{path}", headers=self.headers)
+
+    def upload(self, bundle: Path):
+        return self.client.post("/api/v1/admin/releases", data=bundle.read_bytes(), headers=self.headers,
+                                content_type="application/octet-stream")
+
+
+@pytest.fixture
+def admin(client, fleet, base_bundle):
+    from fleet_server._bp_admin import create_admin_token
+
+    a = Admin(client, create_admin_token(fleet.db, "test-admin"))
+    r = a.upload(base_bundle)
+    assert r.status_code == 201, r.json
+    return a
+
+
+class DeviceClient:
+    def __init__(self, client, device_id: str, key) -> None:
+        self.client, self.id, self.key = client, device_id, key
+
+    def request(self, method: str, path: str, body=None, *, raw: bytes | None = None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+        h = sign_request(self.key, self.id, method, path, data)
+        ctype = "application/octet-stream" if raw is not None else "application/json"
+        return self.client.open(path, method=method, data=data, headers=h, content_type=ctype)
+
+    def heartbeat(self, **state):
+        st = {"charging": True, "idle": True, "wifi": True, **state}
+        return self.request("POST", f"/api/v1/devices/{self.id}/heartbeat", {"active_version": 1, "state": st})
+
+    def get_round(self):
+        return self.request("GET", f"/api/v1/devices/{self.id}/round")
+
+    def upload(self, round_id: str, blob: bytes):
+        return self.request("POST", f"/api/v1/devices/{self.id}/rounds/{round_id}/update", raw=blob)
+
+
+@pytest.fixture
+def enroll(client, admin):
+    def do(name: str = "dev", **state) -> DeviceClient:
+        tok = admin.post("/enrollment-tokens", {"group": "default"})
+        assert tok.status_code == 201, tok.json
+        key = generate_key()
+        r = client.post("/api/v1/enroll", json={"token": tok.json["token"], "public_key": key.public.raw.hex(),
+                                                "name": name})
+        assert r.status_code == 201, r.json
+        d = DeviceClient(client, r.json["device_id"], key)
+        assert d.heartbeat(**state).status_code == 200
+        return d
+    return do
