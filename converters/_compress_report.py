@@ -12,7 +12,7 @@ from ._compress_pipeline import attribution_table
 from ._passreport import PassReport
 from ._search import SearchResult
 
-__all__ = ["html_section", "pareto_svg", "passes_text", "search_text"]
+__all__ = ["build_section_html", "html_section", "pareto_svg", "passes_text", "search_text"]
 
 
 def _pct(v: float | None) -> str:
@@ -71,10 +71,8 @@ def pareto_svg(res: SearchResult, width: int = 420, height: int = 260) -> str:
     return "".join(out)
 
 
-def html_section(reports: list[PassReport], res: SearchResult | None = None) -> str:
-    """An HTML fragment: the per-pass attribution table, then the search table and plot."""
-    rows = attribution_table(reports)
-    parts = ["<h2>Compression passes</h2><table><tr><th>pass</th><th>accuracy before</th><th>after</th>"
+def _attribution_html(rows: list[dict]) -> str:
+    parts = ["<table><tr><th>pass</th><th>accuracy before</th><th>after</th>"
              "<th>points lost</th><th>bytes before</th><th>after</th><th>xz after</th><th>ms before</th>"
              "<th>ms after</th></tr>"]
     for r in rows:
@@ -84,7 +82,50 @@ def html_section(reports: list[PassReport], res: SearchResult | None = None) -> 
                      f"<td>{r['size_after']}</td><td>{r['xz_after']}</td><td>{r['latency_ms_before']:.3f}</td>"
                      f"<td>{r['latency_ms_after']:.3f}</td></tr>")
     parts.append("</table>")
+    return "".join(parts)
+
+
+def html_section(reports: list[PassReport], res: SearchResult | None = None) -> str:
+    """An HTML fragment: the per-pass attribution table, then the search table and plot."""
+    parts = ["<h2>Compression passes</h2>", _attribution_html(attribution_table(reports))]
     if res is not None:
         parts.append(f"<h2>Search ({html.escape(res.status)})</h2>{pareto_svg(res)}"
                      f"<pre>{html.escape(search_text(res))}</pre>")
     return "".join(parts)
+
+
+def build_section_html(section: dict) -> str:
+    """The compression part of ``report.html`` from ``report.json["compression"]``: what each pass
+    cost (eager torch, before export), then each exported artifact against the ORIGINAL model."""
+    parts = ["<h2>Compression passes</h2><div class='muted'>accuracy, state_dict size and eager latency "
+             "before and after each pass; the original model scored "
+             f"{_pct(section.get('original_accuracy'))}</div>", _attribution_html(section["attribution"]),
+             "<h3>Artifacts vs the original model</h3><table><tr><th>artifact</th><th>accuracy</th>"
+             "<th>agreement with original</th><th>points lost vs original</th><th>budget</th><th>bytes</th>"
+             "<th>p50 ms</th><th></th></tr>"]
+    for a in section.get("artifacts", []):
+        lat = a.get("latency_ms_p50")
+        parts.append(f"<tr><td>{html.escape(a['artifact'])}</td><td>{_pct(a['accuracy'])}</td>"
+                     f"<td>{_pct(a['agreement_with_original'])}</td><td>{100 * a['accuracy_drop_vs_original']:+.2f}"
+                     f"</td><td>{100 * a['max_accuracy_drop']:.2f}</td><td>{a['size']}</td>"
+                     f"<td>{'-' if lat is None else f'{lat:.3f}'}</td><td>{'ok' if a['passed'] else 'OVER'}</td></tr>")
+    parts.append("</table>")
+    if section.get("search"):
+        res = _result_from_dict(section["search"])
+        parts.append(f"<h2>Search ({html.escape(res.status)})</h2>{pareto_svg(res)}"
+                     f"<pre>{html.escape(search_text(res))}</pre>")
+    return "".join(parts)
+
+
+def _result_from_dict(d: dict) -> SearchResult:
+    """Rebuild a SearchResult from ``SearchResult.to_dict()`` (the report keeps JSON, not objects)."""
+    from dataclasses import fields
+
+    from ._search import Candidate
+
+    names = [f.name for f in fields(Candidate)]
+    cands = [Candidate(**{k: c[k] for k in names}) for c in d["candidates"]]
+    by_label = {c.label: c for c in cands}
+    best = by_label.get(d["best"]["label"]) if d.get("best") else None
+    return SearchResult(cands, None, best, d["status"], d["met_budget"], [by_label[x] for x in d["front"]
+                                                                          if x in by_label])

@@ -16,7 +16,7 @@ import numpy as np
 from edgepack import BundleBuilder, ConfigError, EdgepackError, load_signing_key
 from edgepack._term import progress, step
 
-from . import _data, _latency, _load, _localize, _parity, _quantize_onnx, _report
+from . import _compress_build, _data, _latency, _load, _localize, _parity, _quantize_onnx, _report
 from ._artifacts import PRODUCERS, Artifact, onnx_input_name, onnx_quant_config
 from ._errors import CalibrationRequiredError, ParityFailedError
 from ._output import Staging, tool_versions
@@ -92,7 +92,7 @@ def _precheck(recipe: Recipe, calib: Any) -> None:
 
 
 def build(model: Any, recipe: Recipe | str | Path | dict | None = None, *, out: str | Path | None = None,
-          calibration: Any = None, eval_data: Any = None, key: Any = None) -> BuildResult:
+          calibration: Any = None, eval_data: Any = None, key: Any = None, train_data: Any = None) -> BuildResult:
     """Export, quantize, check parity and write a signed bundle and report.
 
     ``model``: a path (.pt2, .keras, SavedModel dir, .onnx), ``'pkg.mod:factory'``,
@@ -100,12 +100,16 @@ def build(model: Any, recipe: Recipe | str | Path | dict | None = None, *, out: 
     a dict shaped like the TOML, or None for defaults. ``calibration`` and
     ``eval_data``: a path, an array, or an ``(x, y)`` pair; they override the
     recipe's ``[data]``. ``key``: a signing key path or ``edgepack.SigningKey``.
+    ``train_data``: for the compression sections (``[distill]``, ``[prune]``...; torch only),
+    overriding ``[data] train``; without either the calibration data is used.
 
     Raises:
         ModelLoadError, UnsupportedError, UnsupportedOpError: the model or a target.
         ConfigError, UnknownKeyError: the recipe.
         DataError, DataMismatchError, NonFiniteDataError, CalibrationRequiredError: the data.
         OutputDirError: the output directory is not writable.
+        EvalDataRequiredError: compression sections without eval or training data.
+        StudentMismatchError, StudentDerivationError, UnprunableLayerError: a compression pass cannot run.
         ParityFailedError: artifacts over budget (all listed in ``failures``); the report is still written.
         QuantizedSlowerError: under ``strict``, a quantized artifact slower than fp32.
     """
@@ -113,16 +117,18 @@ def build(model: Any, recipe: Recipe | str | Path | dict | None = None, *, out: 
     rec = rec.with_overrides(build={"precisions": normalize_precisions(rec.build.precisions)})
     calibration = calibration if calibration is not None else rec.data.calibration
     eval_data = eval_data if eval_data is not None else rec.data.eval
+    train_data = train_data if train_data is not None else rec.data.train
     key = key if key is not None else rec.build.key
     _precheck(rec, calibration)
     staging = Staging(Path(out or rec.build.out))
     try:
-        return _build(model, rec, staging, calibration, eval_data, key)
+        return _build(model, rec, staging, calibration, eval_data, key, train_data)
     finally:
         staging.cleanup()
 
 
-def _build(model: Any, rec: Recipe, staging: Staging, calibration: Any, eval_data: Any, key: Any) -> BuildResult:
+def _build(model: Any, rec: Recipe, staging: Staging, calibration: Any, eval_data: Any, key: Any,
+           train_data: Any = None) -> BuildResult:
     notes: list[str] = []
     with step("load model"):
         m = _load.run(model)
@@ -131,6 +137,10 @@ def _build(model: Any, rec: Recipe, staging: Staging, calibration: Any, eval_dat
     ispec = _resolve_spec(rec, m, (ev or calib).x if (ev or calib) else None)
     calib = calib.check_against(ispec) if calib else None
     ev = ev.check_against(ispec) if ev else None
+    compressing = _compress_build.active(rec)
+    if compressing:
+        tr = _load_data(train_data, rec, "train data", rec.data.train_samples)
+        train = _compress_build.check_inputs(rec, m, ev, tr.check_against(ispec) if tr else calib)
     if ev is None:
         msg = (f"no eval data: parity runs on {rec.data.random_samples} random inputs, which is weak evidence "
                "(quantization is tuned to real data); pass --eval DATA")
@@ -142,6 +152,22 @@ def _build(model: Any, rec: Recipe, staging: Staging, calibration: Any, eval_dat
     _seed(rec.build.seed, m.kind)
     with step("run the original model"):
         refs = _load.predict(m, [x_eval])
+    crun = None
+    if compressing:
+        # parity of each artifact is then checked against the COMPRESSED model (the export is faithful),
+        # and its accuracy against the ORIGINAL's refs (see _compress_build)
+        crun = _compress_build.compress(m, rec, train, x_eval, y_eval, refs[0])
+        if rec.build.search:
+            rec = _compress_build.search(crun, rec, train, calib.x if calib else None, x_eval, y_eval)
+            # the pick may be int8-static, which needs calibration data
+            calib = calib if calib is not None else train
+            if (w := _compress_build.search_warning(crun)) is not None:
+                warnings.warn(w, UserWarning, stacklevel=3)
+                notes.append(w)
+        m = crun.model
+        _seed(rec.build.seed, m.kind)
+        with step("run the compressed model"):
+            refs = _load.predict(m, [x_eval])
     spec = _io_spec(rec, m, ispec, refs, calib.x if calib else x_eval)
     artifacts: list[Artifact] = []
     for target in progress(rec.build.targets, "export + quantize"):
@@ -153,12 +179,19 @@ def _build(model: Any, rec: Recipe, staging: Staging, calibration: Any, eval_dat
         row, fails = _check_artifact(a, rec, spec, x_eval, y_eval, refs, calib)
         rows.append(row)
         failures += fails
+    compression = None
+    if crun is not None:
+        figures, acc_fails = _compress_build.accuracy_failures(crun, rec, artifacts, rows, x_eval, y_eval)
+        failures += acc_fails
+        compression = _compress_build.report_section(crun, figures)
     slow = _latency.find_slower(rows, _latency_cfg(rec))
     golden = _golden(x_eval, refs, artifacts, spec)
     lineage = {"source_sha256": m.sha256, "source": m.source, "recipe": rec.to_dict(), "tools": tool_versions(),
                "seed": rec.build.seed, "calibration_fingerprint": calib.fingerprint if calib else None,
                "eval_fingerprint": ev.fingerprint if ev else None, "parent_version": None}
     report = _report.make(rec, spec, rows, failures, slow, lineage, notes, out_names)
+    if compression is not None:
+        report["compression"] = compression
     if failures or (rec.build.strict and slow):
         # a failed build still explains itself: the complete report is written, the bundle is not
         paths = staging.commit_reports(report)

@@ -20,12 +20,19 @@ from typing import Any
 
 from edgepack import ConfigError
 
+from ._distill import DistillConfig
 from ._errors import UnknownKeyError
+from ._finetune import FinetuneConfig
+from ._prune import PruneConfig
+from ._prune_structured import StructuredPruneConfig
+from ._search import SearchConfig
 
 __all__ = [
     "PRECISIONS",
     "TARGETS",
+    "COMPRESSION_SECTIONS",
     "BuildSection",
+    "CompressSection",
     "DataSection",
     "InputSection",
     "LatencySection",
@@ -82,6 +89,8 @@ class BuildSection:
     key: str | None = None
     strict: bool = False
     auto_fix: bool = False
+    #: run the [search] section (defaults when absent) and build its pick (``edgepack build --search``)
+    search: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,9 @@ class DataSection:
     image_layout: str = "NCHW"
     #: random eval inputs when no eval data is given (weak evidence: warned about)
     random_samples: int = 64
+    #: training data for the compression passes ([distill], [prune]...); the calibration data when unset
+    train: str | None = None
+    train_samples: int = 2048
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,25 @@ class LatencySection:
 
 
 @dataclass(frozen=True)
+class CompressSection:
+    """``[compress]``: the budget a compressed model (any pass section present) is held to."""
+
+    #: fraction (0.01 = one point): each artifact's eval accuracy may fall at most this far below the
+    #: ORIGINAL model's; without eval labels, 1 - top-1 agreement with the original is used instead
+    max_accuracy_drop: float = 0.02
+
+
+#: optional pass sections, in the order they run (converters._compress_pipeline.ORDER); None = not run
+COMPRESSION_SECTIONS: dict[str, type] = {
+    "distill": DistillConfig,
+    "prune_structured": StructuredPruneConfig,
+    "prune": PruneConfig,
+    "finetune": FinetuneConfig,
+    "search": SearchConfig,
+}
+
+
+@dataclass(frozen=True)
 class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     input: InputSection = field(default_factory=InputSection)
@@ -169,6 +200,16 @@ class Recipe:
     parity: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     localize: LocalizeSection = field(default_factory=LocalizeSection)
     latency: LatencySection = field(default_factory=LatencySection)
+    compress: CompressSection = field(default_factory=CompressSection)
+    distill: DistillConfig | None = None
+    prune_structured: StructuredPruneConfig | None = None
+    prune: PruneConfig | None = None
+    finetune: FinetuneConfig | None = None
+    search: SearchConfig | None = None
+
+    def compression(self) -> dict[str, Any]:
+        """The pass sections that are set, as ``{section: config}``."""
+        return {k: getattr(self, k) for k in COMPRESSION_SECTIONS if getattr(self, k) is not None}
 
     def tolerance(self, precision: str) -> Tolerance:
         return self.parity.get(precision, DEFAULT_TOLERANCES[precision])
@@ -184,7 +225,8 @@ class Recipe:
         for sec_name, values in sections.items():
             sec = _section(self, sec_name)
             vals = {k: v for k, v in values.items() if v is not None}
-            changes[sec_name] = _build_section(type(sec), vals, sec_name, base=sec)
+            cls = COMPRESSION_SECTIONS.get(sec_name, type(sec))
+            changes[sec_name] = _build_section(cls, vals, sec_name, base=sec)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -289,7 +331,13 @@ def recipe_from_dict(doc: dict[str, Any], where: str = "recipe") -> Recipe:
             _unknown(name, valid, where)
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] must be a table", where=f"{where}:[{name}]")
-        if name == "parity":
+        if name in COMPRESSION_SECTIONS:
+            vals = dict(values)
+            # `enabled = false` keeps a section in the file without running it
+            if not _coerce(vals.pop("enabled", True), bool, f"{name}.enabled"):
+                continue
+            sections[name] = _build_section(COMPRESSION_SECTIONS[name], vals, name)
+        elif name == "parity":
             tol = dict(DEFAULT_TOLERANCES)
             for prec, vals in values.items():
                 prec = PRECISION_ALIASES.get(prec, prec)

@@ -85,9 +85,21 @@ def summary_text(report: dict[str, Any], bundle: str | None, report_html: str, s
             d = loc["first_diverging"]
             lines.append(f"  {r['name']}: first diverging node {d['node']} ({d['op_type']}), "
                          f"SQNR {_f(d['sqnr_vs_float_db'], '.1f')} dB vs float")
+    comp = report.get("compression")
+    if comp:
+        lines.append("compression (what each pass cost; accuracy points, state_dict bytes, eager ms):")
+        for r in comp["attribution"]:
+            drop = "-" if r["accuracy_drop_points"] is None else f"lost {r['accuracy_drop_points']:+.2f} pts"
+            lines.append(f"  {r['pass']:<18} {drop:>15}  {r['size_before']} -> {r['size_after']} B  "
+                         f"{r['latency_ms_before']:.3f} -> {r['latency_ms_after']:.3f} ms")
+        for a in comp["artifacts"]:
+            lines.append(f"  {a['artifact']:<18} lost {100 * a['accuracy_drop_vs_original']:+.2f} pts vs original "
+                         f"(budget {100 * a['max_accuracy_drop']:.2f})  {a['size']} B")
     if report["passed"]:
         state = "signed" if signed else "UNSIGNED"
-        lines.append(f"BUILD PASSED: {len(report['artifacts'])} artifact(s) match the original model; "
+        what = ("match the compressed model and are within the accuracy budget vs the original" if comp
+                else "match the original model")
+        lines.append(f"BUILD PASSED: {len(report['artifacts'])} artifact(s) {what}; "
                      f"{state} bundle {bundle}")
     else:
         lines.append(f"BUILD FAILED: {len({f['artifact'] for f in report['failures']})} artifact(s) over budget; "
@@ -155,6 +167,11 @@ def html(report: dict[str, Any]) -> str:
         parts.append(f"<div class='card'><h3>{_e(a['name'])}</h3>{histogram(a['abs_errors'], b)}</div>")
     parts.append("</div>")
     parts += _localization_html(arts)
+    if report.get("compression"):
+        # imported here: the compression modules pull in the pass configs, which plain builds never need
+        from ._compress_report import build_section_html
+
+        parts.append(build_section_html(report["compression"]))
     lin = report["lineage"]
     parts.append("<h2>Lineage</h2>" + _table_html(["field", "value"], [
         ["source", lin.get("source")], ["source sha256", lin.get("source_sha256")], ["seed", lin.get("seed")],

@@ -48,7 +48,7 @@ STATUS_FOR = {
     VerificationError: 422,
     ConfigError: 503,
 }
-UPLOAD_ENDPOINTS = {"releases.upload", "releases.upload_params"}
+UPLOAD_ENDPOINTS = {"releases.upload", "releases.upload_params", "rounds.device_update"}
 
 
 class Fleet:
@@ -93,7 +93,6 @@ class Fleet:
     def background_tick(self, now: dt.datetime | None = None) -> list[str]:
         """Advance rollouts and enforce deadlines, then re-sign TUF metadata that is due (tufup #36)."""
         from ._rollouts import tick_all
-
         from ._rounds import tick_rounds
 
         tick_all(self, now.timestamp() if now else None)

@@ -1,7 +1,8 @@
 """TUF over HTTP: ``/tuf/metadata/<file>`` and ``/tuf/targets/<path>``.
 
-Top-level metadata (root, timestamp, snapshot, targets, federated) and
-``params/`` targets are public: TUF signatures, not secrecy, protect them.
+Top-level metadata (root, timestamp, snapshot, targets, federated) is public:
+TUF signatures, not secrecy, protect it. ``params/`` targets are model weights,
+so, like bundles, they go only to a signed request from an enrolled device.
 A group's delegated role (``group-<g>.json``) and its ``groups/<g>/`` targets
 are served only to a signed request from a device of that group, so a device
 reads only its own group's role. Targets support ``Range`` (resume) and a
@@ -78,6 +79,8 @@ def targets(url_path: str):  # type: ignore[no-untyped-def]
         raise PathTraversalError(f"unsafe target path {url_path!r}", where="tuf/targets")
     if parts[0] == "groups" and len(parts) >= 2:
         _require_group_member(parts[1])
+    elif parts[0] == "params":
+        authenticate_device(None)  # weights are the owner's IP: enrolled devices only
     try:
         blob = fleet().publisher.target(url_path)
     except FileNotFoundError:

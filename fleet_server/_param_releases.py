@@ -22,7 +22,15 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from edgepack import BundleError, EdgepackError, Trust, UpdateError, VerificationError, load_signing_key, load_trust
+from edgepack import (
+    BundleError,
+    EdgepackError,
+    Trust,
+    UpdateError,
+    VerificationError,
+    load_signing_key,
+    load_trust,
+)
 from edgepack._params import MAGIC, ParamUpdate, apply_param_update, parse_param_update
 
 from ._errors import ConflictError, PayloadTooLargeError

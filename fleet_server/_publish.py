@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgepack import PathTraversalError, load_signing_key
-
 from runtime.agent._delta import params_target_path
 
 from ._errors import ConflictError

@@ -19,6 +19,7 @@ the average; its ids are unique by construction.
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import secrets
 import time
@@ -28,8 +29,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from edgepack import EdgepackError, PublicKey, load_signing_key
-from edgepack._params import encode_param_update, read_weights
+from edgepack import EdgepackError, PublicKey
+from edgepack._params import read_weights
 from edgepack.federated import (
     REASONS,
     AccumulatorStateError,
@@ -57,6 +58,7 @@ ROUND_REASONS: dict[str, str] = {
 }
 """Every rejection reason a round records, with the text the dashboard shows."""
 
+log = logging.getLogger("fleet_server.rounds")
 ELIGIBILITY_KEYS = ("charging", "idle", "wifi")
 ROUNDS_DIR = "rounds"
 
@@ -124,9 +126,9 @@ def create_round(fleet: Any, *, model: str, base_version: int, params: list[str]
     if bad or not all(isinstance(v, bool) for v in eligibility.values()):
         raise BadRequestError(f"eligibility keys must be among {ELIGIBILITY_KEYS} with boolean values, got {bad}",
                               where="eligibility")
-    pol = _policy(policy)
+    _policy(policy)  # refuse a bad policy now, not at the first upload
     q = min_clients if quorum is None else quorum
-    if not 1 <= q:
+    if not q >= 1:
         raise BadRequestError("quorum must be >= 1", where="quorum")
     ev = dict(evaluation or {})
     if ev:
@@ -216,7 +218,7 @@ def device_round(fleet: Any, device_id: str, now: float | None = None) -> dict[s
             return None
     params = _global_params(fleet, r)
     return {"round_id": r.id, "model": r.model, "base_version": r.base_version, "deadline_at": r.deadline_at,
-            "codecs": r.codecs, "policy": r.policy, "spec": r.spec,
+            "codecs": r.codecs, "policy": r.policy, "spec": r.spec, "eligibility": r.cohort.get("eligibility", {}),
             "params": {k: {"shape": list(v.shape), "dtype": str(v.dtype),
                            "data": base64.b64encode(np.ascontiguousarray(v).tobytes()).decode()}
                        for k, v in params.items()}}
@@ -279,81 +281,6 @@ def submit_update(fleet: Any, device: Any, round_id: str, blob: bytes,
         return 200, {"accepted": True, "already_counted": False, "update_id": res.update_id, "count": acc.count}
 
 
-def _accuracy(onnx: bytes, x: np.ndarray, y: np.ndarray, where: str) -> float:
-    from runtime._backends import BackendOptions, get_backend  # the device's own inference path
-
-    sess = get_backend("onnx").load(onnx, {"path": where, "_n_inputs": 1, "_n_outputs": 1},
-                                    BackendOptions(num_threads=1))
-    logits = sess.run([x.astype(np.float32)])[0]
-    return float((np.argmax(logits, axis=1) == y).mean())
-
-
-def _federated_key(fleet: Any) -> Any:
-    from ._publish import TUF_DIR
-
-    p = Path(fleet.config.instance_dir) / TUF_DIR / "federated.key"
-    return load_signing_key(p) if p.exists() else None
-
-
-def _finish(fleet: Any, r: FLRound, acc: RoundAccumulator) -> tuple[str, dict[str, Any], str | None]:
-    """Average, build the candidate, evaluate it against the champion, sign and store it if promoted."""
-    base = _global_params(fleet, r)
-    mean = acc.finalize()
-    new = {k: (base[k].astype(np.float64) + mean[k]).astype(base[k].dtype) for k in base}
-    with fleet.db.read() as s:
-        rel = s.get(Release, r.base_release_id)
-        s.expunge(rel)
-        latest = s.scalar(select(Release.version).where(Release.name == r.model).order_by(Release.version.desc()))
-    arts = _base_artifacts(fleet, rel)
-    key = _federated_key(fleet)
-    version = int(latest) + 1
-    epu, rebuilt = encode_param_update(model=r.model, version=version, base_version=r.base_version,
-                                       base_artifacts={r.artifact: ("onnx", arts[r.artifact])},
-                                       new_weights={r.artifact: new}, keys=[key] if key else [])
-    d = round_dir(fleet, r.id)
-    tmp = d / "candidate.npz.tmp.npz"
-    np.savez(tmp, **new)
-    tmp.replace(d / "candidate.npz")
-    result: dict[str, Any] = {"accepted": acc.count, "weight_sum": acc.weight_sum, "version": version,
-                              "promoted": False, "release": None}
-    ev = r.evaluation or {}
-    if not ev:
-        return "closed", result, "no evaluation set: candidate built but not promoted"
-    data = np.load(ev["path"])
-    x, y = data["x"], data["y"]
-    champ = _accuracy(arts[r.artifact], x, y, r.artifact)
-    cand = _accuracy(rebuilt[r.artifact], x, y, r.artifact)
-    result.update(champion_accuracy=champ, candidate_accuracy=cand, threshold=ev["threshold"])
-    if cand < champ - ev["threshold"]:
-        return "closed", result, f"candidate {cand:.4f} is worse than champion {champ:.4f} by more than {ev['threshold']}"
-    result["promoted"] = True
-    if key is None:
-        return "closed", result, "promoted, but this fleet has no federated key (tuf/federated.key) to sign it"
-    (d / "candidate.epu.tmp").write_bytes(epu)
-    (d / "candidate.epu.tmp").replace(d / "candidate.epu")
-    result["release"] = "pending"  # stored after this transaction commits (see close_round)
-    return "closed", result, None
-
-
-def _publish(fleet: Any, round_id: str) -> None:
-    """Record a promoted, signed candidate as a parameter-update release (its own transactions)."""
-    from ._param_releases import store_param_update
-
-    with fleet.db.read() as s:
-        r = s.get(FLRound, round_id)
-        base_id = r.base_release_id
-    epu = (round_dir(fleet, round_id) / "candidate.epu").read_bytes()
-    try:
-        rel: Any = store_param_update(fleet, base_id, epu, None)
-        reason = None
-    except EdgepackError as e:
-        rel, reason = None, f"promoted and signed, but storing the release failed: {e.one_line()}"
-    with fleet.db.write() as s:
-        r = s.get(FLRound, round_id, with_for_update=True)
-        r.result = {**r.result, "release": rel}
-        r.reason = reason
-
-
 def close_round(fleet: Any, round_id: str, *, force: bool = False, now: float | None = None) -> dict[str, Any]:
     """Close a round: at its deadline (or now, with ``force``); fails cleanly without quorum.
 
@@ -361,6 +288,8 @@ def close_round(fleet: Any, round_id: str, *, force: bool = False, now: float | 
         NotFoundError: no such round.
         ConflictError: ``force`` on a round that is not open.
     """
+    from ._rounds_promote import _finish, _publish
+
     now = time.time() if now is None else now
     with fleet.db.write() as s:
         r = s.get(FLRound, round_id, with_for_update=True)
@@ -399,6 +328,8 @@ def close_round(fleet: Any, round_id: str, *, force: bool = False, now: float | 
             r.state, r.result, r.reason = _finish(fleet, r, acc)
         except EdgepackError as e:
             r.state, r.reason = "failed", f"aggregation failed: {e.one_line()}"
+        except (OSError, ValueError, KeyError) as e:  # an unreadable eval set or round file: fail, do not loop
+            r.state, r.reason = "failed", f"closing failed: {type(e).__name__}: {e}"
         r.closed_at = now
         pending = r.result.get("release") == "pending"
     # store_param_update opens its own write transaction, so it runs after ours committed; a crash in
@@ -415,5 +346,8 @@ def tick_rounds(fleet: Any, now: float | None = None) -> list[str]:
     with fleet.db.read() as s:
         due = s.scalars(select(FLRound.id).where(FLRound.state == "open", FLRound.deadline_at <= now)).all()
     for rid in due:
-        close_round(fleet, rid, now=now)
+        try:
+            close_round(fleet, rid, now=now)
+        except Exception:  # noqa: BLE001 (one broken round must not stop the others; retried next tick)
+            log.exception("closing round %s failed", rid)
     return list(due)

@@ -27,11 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--precision", help="comma list: fp32,fp16,int8 (=int8-static),int8-dynamic")
     b.add_argument("--calibration", metavar="DATA", help=".npy/.npz (x, optional y) or an image directory")
     b.add_argument("--eval", metavar="DATA", dest="eval_data", help="held-out data for parity (and accuracy)")
+    b.add_argument("--train", metavar="DATA", dest="train_data",
+                   help="training data for compression sections / --search (default: the calibration data)")
     b.add_argument("--key", type=Path, help="release signing key; without one the bundle is unsigned")
     b.add_argument("--name", help="bundle name (overrides [model] name)")
     b.add_argument("--version", dest="model_version", type=int, help="bundle version (overrides [model] version)")
     b.add_argument("--strict", action="store_true", default=None,
                    help="fail when a quantized artifact is slower than its fp32 sibling")
+    b.add_argument("--search", action="store_true", default=None,
+                   help="measure the [search] candidates (sparsities, ratios, precisions) and build the smallest "
+                        "or fastest within budget; torch models, needs --eval with labels")
     b.add_argument("--auto-fix", action="store_true", default=None,
                    help="keep the worst ONNX nodes in float until int8 parity passes")
     b.set_defaults(func=_build)
@@ -67,14 +72,16 @@ def _build(args: argparse.Namespace) -> int:
     recipe = recipe.with_overrides(
         model={"name": args.name, "version": args.model_version},
         build={"targets": _split(args.targets), "precisions": _split(args.precision),
-               "strict": args.strict, "auto_fix": args.auto_fix},
+               "strict": args.strict, "auto_fix": args.auto_fix,
+               "search": args.search},
     )
     with warnings.catch_warnings():
         # the report and summary carry these warnings; Python's own lines would just be noise
         warnings.simplefilter("ignore")
         try:
             result = converters.build(args.model, recipe, out=args.out, calibration=args.calibration,
-                                      eval_data=args.eval_data, key=args.key)
+                                      eval_data=args.eval_data, key=args.key,
+                                      train_data=args.train_data)
         except converters.ParityFailedError as e:
             _print_failed(args, e)
             raise

@@ -21,7 +21,13 @@ from edgepack._params import read_weights
 from fleet_server._models import Report
 from runtime.agent import delta_target_path, params_target_path
 
-from .test_params_delta import N_IN, _bundle, _update, wide_onnx  # noqa: F401 (fixture)
+from ..conftest import tiny_onnx_model
+from .test_params_delta import N_IN, N_OUT, _bundle, _update
+
+
+@pytest.fixture(scope="module")
+def wide_onnx() -> bytes:
+    return tiny_onnx_model(N_IN, N_OUT, seed=3)
 
 
 def _multipart(fields: dict[str, bytes]) -> tuple[bytes, str]:

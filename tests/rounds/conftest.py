@@ -3,7 +3,12 @@ SQLite, an admin client and signed device clients (minimal copies of tests/fleet
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +17,68 @@ import pytest
 from edgepack import BundleBuilder, Trust, generate_key, save_key_pair
 from edgepack._device_auth import sign_request
 
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+_counter = itertools.count()
+
+
+def _start_postgres() -> tuple[str | None, str, object]:
+    """A throwaway PostgreSQL on a unix socket (copied from tests/fleet/conftest.py)."""
+    url = os.environ.get("EDGEPACK_TEST_POSTGRES_URL")
+    if url:
+        return url, "", lambda: None
+    if not (PG_BIN / "initdb").exists():
+        return None, f"no {PG_BIN}/initdb and EDGEPACK_TEST_POSTGRES_URL is not set", lambda: None
+    base = Path(tempfile.mkdtemp(prefix="edgepack-pg-rounds-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if shutil.which("runuser") is None:
+            return None, "running as root without runuser to drop to the postgres user", lambda: None
+        shutil.chown(base, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = base / "data"
+    try:
+        subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                        "--no-sync"], check=True, capture_output=True, timeout=60)
+        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "20", "-l",
+                        str(base / "log"), "-o", f"-k {base} -c listen_addresses='' -c fsync=off", "start"],
+                       check=True, capture_output=True, timeout=40)
+    except (subprocess.SubprocessError, OSError) as e:
+        shutil.rmtree(base, ignore_errors=True)
+        return None, f"could not start a local PostgreSQL: {e}", lambda: None
+
+    def stop() -> None:
+        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+    return f"postgresql+psycopg://postgres@/postgres?host={base}", "", stop
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    url, reason, stop = _start_postgres()
+    yield url, reason
+    stop()  # type: ignore[operator]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    url, reason = request.getfixturevalue("postgres_server")
+    if url is None:
+        pytest.skip(f"PostgreSQL not available: {reason}")
+    import psycopg
+
+    name = f"rounds_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    base, _, query = url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
 
 def onnx_linear(W: np.ndarray, b: np.ndarray) -> bytes:
     """logits = x @ W + b, with W and b as raw-data initializers (patchable by parameter updates)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     g = helper.make_graph(
@@ -75,7 +138,8 @@ def trust_file(tmp_path_factory, release_key):
 @pytest.fixture(scope="session")
 def base_bundle(tmp_path_factory, release_key, champion) -> Path:
     (W0, b0), _ = champion
-    b = BundleBuilder("digits", 1, io={"inputs": [{"name": "x", "shape": [1, 64], "dtype": "float32"}]})
+    b = BundleBuilder("digits", 1, io={"inputs": [{"name": "x", "shape": ["N", 64], "dtype": "float32"}],
+                                        "outputs": [{"name": "logits", "shape": ["N", 10], "dtype": "float32"}]})
     b.add_artifact("model.onnx", onnx_linear(W0, b0), format="onnx", precision="fp32")
     return b.write(tmp_path_factory.mktemp("bundles") / "digits-1.edgepack", [release_key])
 
@@ -90,17 +154,22 @@ def eval_npz(tmp_path_factory, digits) -> Path:
 
 @pytest.fixture
 def federated_key(tmp_path):
-    """The fleet's online federated key where a TUF fleet keeps it (INSTANCE/tuf/federated.key)."""
-    k = generate_key()
-    save_key_pair(k, tmp_path / "instance" / "tuf", "federated")
-    return k
+    """A TUF fleet (as `edgepack fleet init --tuf-root-key` makes it); returns its online federated key.
+
+    Request it before ``app``/``admin`` so the app opens the TUF publisher."""
+    from edgepack import load_signing_key
+    from fleet_server._publish import create_tuf
+
+    save_key_pair(generate_key(), tmp_path / "root", "root")
+    create_tuf(tmp_path / "instance", [tmp_path / "root" / "root.key"], 1, ["default"])
+    return load_signing_key(tmp_path / "instance" / "tuf" / "federated.key")
 
 
 @pytest.fixture
-def app(tmp_path, trust_file):
+def app(tmp_path, trust_file, database_url):
     from fleet_server import FleetConfig, create_app
 
-    cfg = FleetConfig(instance_dir=tmp_path / "instance", database_url=f"sqlite:///{tmp_path / 'fleet.db'}",
+    cfg = FleetConfig(instance_dir=tmp_path / "instance", database_url=database_url,
                       secret_key="s" * 48, release_trust=trust_file, tick_interval_s=0, report_tick_interval_s=0,
                       testing=True)
     app = create_app(cfg)

@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pytest
 from sqlalchemy import create_engine, text
 
 from edgepack import generate_key
@@ -116,7 +115,7 @@ def test_sigkill_mid_round_loses_no_accepted_update_counts_none_twice_and_the_ro
                    "b": rng.normal(0, 0.01, 10).astype(np.float32)} for _ in devices]
         ns = [int(x) for x in rng.integers(10, 200, N_DEVICES)]
         blobs = [encode_plain(k, x, round_id=rid, base_version=1, device_id=d, num_samples=n)
-                 for (d, k), x, n in zip(devices, deltas, ns)]
+                 for (d, k), x, n in zip(devices, deltas, ns, strict=True)]
         acked: set[int] = set()
 
         def upload(i: int) -> bool:
@@ -176,7 +175,7 @@ def test_sigkill_mid_round_loses_no_accepted_update_counts_none_twice_and_the_ro
         base = np.load(inst / "rounds" / rid / "global.npz")
         for name in ("W", "b"):
             want = base[name].astype(np.float64) + sum(n * x[name].astype(np.float64)
-                                                       for x, n in zip(deltas, ns)) / sum(ns)
+                                                       for x, n in zip(deltas, ns, strict=True)) / sum(ns)
             np.testing.assert_allclose(cand[name], want.astype(np.float32), rtol=0, atol=1e-6)
     finally:
         if server.proc and server.proc.poll() is None:

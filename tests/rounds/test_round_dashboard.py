@@ -27,7 +27,7 @@ def test_round_page_lists_participants_rejections_with_reasons_and_plots_accurac
     assert client.get("/rounds").status_code == 302  # login required
     _login(client, fleet, admin)
     ids = []
-    for k, (dw, db) in enumerate([((W1 - W0) / 2, (b1 - b0) / 2), (W1 - W0, b1 - b0)]):
+    for dw, db in [((W1 - W0) / 2, (b1 - b0) / 2), (W1 - W0, b1 - b0)]:
         rid = admin.post("/rounds", {"model": "digits", "base_version": 1, "params": ["W", "b"], "min_clients": 3,
                                      "quorum": 2, "evaluation": {"path": str(eval_npz)}}).json["id"]
         ids.append(rid)

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from edgepack import Trust
 from edgepack._params import parse_param_update
 from edgepack.federated._update import encode_plain
-from edgepack import Trust
 
 
 def _create(admin, **kw):
@@ -65,8 +65,8 @@ def test_quorum_met_closes_with_the_weighted_mean_and_duplicate_upload_is_counte
     rng = np.random.default_rng(1)
     deltas = [_delta(rng) for _ in devs]
     ns = [10, 30, 60]
-    blobs = [_blob(d, rid, x, n) for d, x, n in zip(devs, deltas, ns)]
-    for d, b in zip(devs, blobs):
+    blobs = [_blob(d, rid, x, n) for d, x, n in zip(devs, deltas, ns, strict=True)]
+    for d, b in zip(devs, blobs, strict=True):
         r = d.upload(rid, b)
         assert r.status_code == 200 and r.json["already_counted"] is False, r.json
     r = devs[0].upload(rid, blobs[0])  # a retry of an acknowledged upload: idempotent, not counted again
@@ -75,7 +75,7 @@ def test_quorum_met_closes_with_the_weighted_mean_and_duplicate_upload_is_counte
     assert out["state"] == "closed" and out["result"]["accepted"] == 3
     cand = np.load(fleet.config.instance_dir / "rounds" / rid / "candidate.npz")
     base = np.load(fleet.config.instance_dir / "rounds" / rid / "global.npz")
-    want = base["W"].astype(np.float64) + sum(n * x["W"].astype(np.float64) for x, n in zip(deltas, ns)) / sum(ns)
+    want = base["W"].astype(np.float64) + sum(n * x["W"].astype(np.float64) for x, n in zip(deltas, ns, strict=True)) / sum(ns)
     np.testing.assert_allclose(cand["W"], want.astype(np.float32), rtol=0, atol=1e-6)
 
 
@@ -166,8 +166,8 @@ def _train_round(admin, enroll, delta_of, eval_npz, threshold=0.01):
     return admin.post(f"/rounds/{rid}/close").json
 
 
-def test_better_candidate_is_promoted_signed_with_the_federated_key_and_stored_as_a_release(
-        admin, enroll, champion, eval_npz, federated_key, fleet):
+def test_better_candidate_is_promoted_signed_with_the_federated_key_and_rolled_out_in_waves(
+        federated_key, admin, enroll, champion, eval_npz, fleet):
     (W0, b0), (W1, b1) = champion
     out = _train_round(admin, enroll, lambda: {"W": W1 - W0, "b": b1 - b0}, eval_npz)
     res = out["result"]
@@ -178,9 +178,12 @@ def test_better_candidate_is_promoted_signed_with_the_federated_key_and_stored_a
     assert (u.model, u.version, u.base_version) == ("digits", 2, 1)
     rel = admin.get(f"/releases/{res['release']['id']}")
     assert rel.status_code == 200 and rel.json["kind"] == "params" and rel.json["version"] == 2
+    ro = admin.post("/rollouts", {"release": {"name": "digits", "version": 2}, "group": "default",
+                                  "waves": [50, 100], "gates": {"min_reports": 1}})
+    assert ro.status_code == 201 and ro.json["state"] == "running", ro.json  # the same health-gated waves
 
 
-def test_worse_candidate_is_refused_and_nothing_is_released(admin, enroll, eval_npz, federated_key, fleet):
+def test_worse_candidate_is_refused_and_nothing_is_released(federated_key, admin, enroll, eval_npz, fleet):
     rng = np.random.default_rng(6)
     out = _train_round(admin, enroll, lambda: _delta(rng, scale=3.0), eval_npz)
     res = out["result"]
@@ -194,8 +197,7 @@ def test_update_folded_but_uncommitted_before_a_crash_is_recorded_on_retry_witho
         admin, enroll, fleet):
     """The disk state a SIGKILL between ``acc.save`` and the row's commit leaves: the sums hold the
     update, the database does not. The device's retry must record it and not fold it again."""
-    from edgepack.federated import ParamSpec, RoundAccumulator, validate_update, RoundContext
-    from edgepack import PublicKey  # noqa: F401  (the device key registry below)
+    from edgepack.federated import ParamSpec, RoundAccumulator, RoundContext, validate_update
 
     devs = [enroll(f"d{i}") for i in range(2)]
     rid = _create(admin, min_clients=2).json["id"]
@@ -211,3 +213,25 @@ def test_update_folded_but_uncommitted_before_a_crash_is_recorded_on_retry_witho
     after = RoundAccumulator.load(fleet.config.instance_dir / "rounds" / rid / "acc.state", spec)
     assert after.count == 1 and after.weight_sum == 40.0
     assert [x["update_id"] for x in admin.get(f"/rounds/{rid}").json["accepted"]] == [u.update_id]
+
+
+def test_update_upload_is_not_capped_at_the_json_body_limit(admin, enroll, fleet):
+    devs = [enroll(f"d{i}") for i in range(2)]
+    rid = _create(admin, min_clients=2).json["id"]
+    big = {f"m{i:06d}": float(i) for i in range(90_000)}  # > max_json_bytes of signed header
+    blob = _blob(devs[0], rid, _delta(np.random.default_rng(12)), metrics=big)
+    assert len(blob) > fleet.config.max_json_bytes
+    r = devs[0].upload(rid, blob)
+    assert r.status_code == 200, r.json
+
+
+def test_unusable_eval_set_fails_the_round_cleanly_instead_of_looping(admin, enroll, tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((3, 64), np.float32))  # no x / y arrays
+    devs = [enroll(f"d{i}") for i in range(2)]
+    rid = _create(admin, min_clients=2, evaluation={"path": str(bad)}).json["id"]
+    for d in devs:
+        assert d.upload(rid, _blob(d, rid, _delta(np.random.default_rng(13)))).status_code == 200
+    out = admin.post(f"/rounds/{rid}/close").json
+    assert out["state"] == "failed" and "KeyError" in out["reason"]
+    assert admin.post(f"/rounds/{rid}/close").status_code == 409

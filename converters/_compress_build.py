@@ -1,0 +1,200 @@
+"""Compression inside ``build()``: run the recipe's pass sections on a torch
+model before export, and hold the result to an accuracy budget against the
+ORIGINAL model.
+
+Why two checks: a distilled or pruned model is *meant* to differ from the
+original, so fp32 ``max_abs`` against the teacher would fail every student.
+Instead each artifact's numeric parity is checked against the COMPRESSED model
+(the export and quantization are faithful, as in a plain build), and each
+artifact's accuracy is checked against the ORIGINAL model's with the
+``[compress] max_accuracy_drop`` budget (the compression was worth it).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from edgepack._term import step
+
+from . import _data, _load
+from ._artifacts import Artifact
+from ._compress_errors import EvalDataRequiredError
+from ._compress_pipeline import CompressData, attribution_table, run_compression
+from ._errors import UnsupportedError
+from ._passreport import PassReport
+from ._recipe import Recipe
+from ._runners import open_session, run_batched
+
+__all__ = ["CompressionRun", "accuracy_failures", "active", "check_inputs", "compress", "pass_sections",
+           "report_section", "search", "search_warning"]
+
+
+@dataclasses.dataclass
+class CompressionRun:
+    """What ``compress`` did: the compressed model, one report per pass, and the original's eval figures."""
+
+    model: _load.LoadedModel
+    reports: list[PassReport]
+    original_accuracy: float | None
+    original_refs: np.ndarray
+    sizes: dict[str, int]
+    search: Any = None  # a _search.SearchResult under ``[build] search``
+
+
+def active(rec: Recipe) -> bool:
+    """Whether the build compresses at all: a pass section, or ``[build] search``."""
+    return bool(pass_sections(rec)) or rec.build.search
+
+
+def pass_sections(rec: Recipe) -> dict[str, Any]:
+    """The pass sections ``build()`` runs (``[search]`` is a separate mode: ``edgepack build --search``)."""
+    return {k: v for k, v in rec.compression().items() if k != "search"}
+
+
+def check_inputs(rec: Recipe, m: _load.LoadedModel, eval_data: _data.Dataset | None,
+                 train: _data.Dataset | None) -> _data.Dataset:
+    """Fail early, before any training, when the passes cannot run; returns the training data.
+
+    Raises:
+        UnsupportedError: the source is not a torch model (the passes are torch-only).
+        EvalDataRequiredError: no eval data (the accuracy budget needs real inputs) or no training data.
+    """
+    names = ", ".join([f"[{k}]" for k in pass_sections(rec)] + (["--search"] if rec.build.search else []))
+    if m.kind != "torch":
+        raise UnsupportedError(f"compression sections {names} need a torch model; this source is {m.kind}",
+                               where=names, hint="remove the compression sections, or build from the torch model "
+                                                 "(nn.Module, 'pkg.mod:factory' or .pt2)")
+    if eval_data is None:
+        raise EvalDataRequiredError(f"compression sections {names} need eval data: the accuracy budget against "
+                                    "the original model cannot be checked on random inputs",
+                                    where="--eval / [data] eval", hint="pass --eval DATA (.npz with x and y)")
+    if train is None:
+        raise EvalDataRequiredError(f"compression sections {names} need training data", where="[data] train",
+                                    hint="set [data] train = 'train.npz' or pass --calibration DATA "
+                                         "(the calibration data is used for training when no train data is given)")
+    return train
+
+
+def _torch_module(model: Any) -> Any:
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module()  # the passes need parameters they can train
+    # a deep copy: the pruning passes work in place, and the caller's model must stay the original
+    return copy.deepcopy(model)
+
+
+def _state_bytes(model: Any) -> int:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return len(buf.getvalue())
+
+
+def compress(m: _load.LoadedModel, rec: Recipe, train: _data.Dataset, x_eval: np.ndarray,
+             y_eval: np.ndarray | None, original_refs: np.ndarray) -> CompressionRun:
+    """Run the pass sections in order on a copy of the source model.
+
+    Raises:
+        ConfigError, SparsityRangeError: bad pass settings.
+        StudentMismatchError, StudentDerivationError, UnprunableLayerError: a pass cannot handle the model.
+    """
+    original = _torch_module(m.model)
+    before = _state_bytes(original)
+    data = CompressData(train.x, train.y, x_eval, y_eval)
+    model, reports = original, list[PassReport]()
+    if pass_sections(rec):
+        with step("compress: " + " -> ".join(pass_sections(rec))):
+            model, reports = run_compression(original, pass_sections(rec), data)
+    model.eval()
+    acc = None if y_eval is None else float((original_refs.argmax(-1) == np.asarray(y_eval)).mean())
+    sizes = {"original_state_dict_bytes": before, "compressed_state_dict_bytes": _state_bytes(model)}
+    return CompressionRun(dataclasses.replace(m, model=model), reports, acc, original_refs, sizes)
+
+
+def search(run: CompressionRun, rec: Recipe, train: _data.Dataset, calib_x: np.ndarray | None, x_eval: np.ndarray,
+           y_eval: np.ndarray | None) -> Recipe:
+    """``[build] search``: measure the ``[search]`` candidates on the (compressed) model, switch ``run``
+    to the pick and return the recipe narrowed to the pick's precision. A pick that misses the budget
+    is still built (the best so far), with a warning naming the failed constraint.
+
+    Raises:
+        EvalDataRequiredError: no eval labels (every candidate is scored by accuracy).
+        ConversionError: no candidate could be measured at all.
+    """
+    from edgepack import ConversionError
+
+    from . import _search
+
+    cfg = rec.search or _search.SearchConfig()
+    with step("search"):
+        best_model, res = _search.run(copy.deepcopy(run.model.model), cfg, eval_x=x_eval, eval_y=y_eval,
+                                      calib_x=calib_x, train_x=train.x, train_y=train.y)
+    run.search = res
+    if res.best is None or best_model is None:
+        errors = "; ".join(f"{c.label}: {c.error}" for c in res.candidates if c.error) or res.status
+        raise ConversionError(f"the search measured no usable candidate ({errors})", where="[search]",
+                              hint="check the [search] precisions and ratios, or build without --search")
+    best_model.eval()
+    run.model = dataclasses.replace(run.model, model=best_model)
+    b = res.best
+    onnx = {"calibration_method": b.calibration_method} if b.calibration_method else {}
+    return rec.with_overrides(build={"precisions": (b.precision,)}, onnx=onnx)
+
+
+def search_warning(run: CompressionRun) -> str | None:
+    """Why the pick is not within budget (None when it is)."""
+    res = run.search
+    if res is None or res.met_budget:
+        return None
+    failed = "; ".join(res.best.failed) if res.best and res.best.failed else res.status
+    return f"search {res.status}: no candidate met the budget; built the best so far ({res.best.label}), which " \
+           f"fails {failed}"
+
+
+def _artifact_accuracy(a: Artifact, x: np.ndarray, y: np.ndarray | None, refs: np.ndarray) -> tuple[float | None, float]:
+    pred = run_batched(open_session(a.format, a.data), [x])[0].argmax(-1)
+    acc = None if y is None else float((pred == np.asarray(y)).mean())
+    return acc, float((pred == refs.argmax(-1)).mean())
+
+
+def accuracy_failures(run: CompressionRun, rec: Recipe, artifacts: list[Artifact], rows: list[dict[str, Any]],
+                      x: np.ndarray, y: np.ndarray | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each artifact's accuracy vs the ORIGINAL model, against ``[compress] max_accuracy_drop``.
+
+    Returns (one figure row per artifact, parity-style failures for the artifacts over budget).
+    """
+    budget = rec.compress.max_accuracy_drop
+    figures, failures = [], []
+    for a, row in zip(artifacts, rows, strict=False):
+        acc, agree = _artifact_accuracy(a, x, y, run.original_refs)
+        # without labels, the original "scores" 1.0 against its own predictions and the artifact its agreement
+        drop = (run.original_accuracy - acc) if acc is not None and run.original_accuracy is not None else 1.0 - agree
+        ok = drop <= budget
+        figures.append({"artifact": a.name, "accuracy": acc, "agreement_with_original": agree,
+                        "accuracy_drop_vs_original": drop, "max_accuracy_drop": budget, "passed": ok,
+                        "size": row["size"], "latency_ms_p50": (row.get("latency") or {}).get("p50_ms")})
+        if not ok:
+            fail = {"artifact": a.name, "output": "vs original", "metric": "accuracy_drop_vs_original",
+                    "value": drop, "limit": budget}
+            failures.append(fail)
+            row["failures"] = [*row["failures"], fail]
+    return figures, failures
+
+
+def report_section(run: CompressionRun, figures: list[dict[str, Any]]) -> dict[str, Any]:
+    """``report.json["compression"]``: what each pass cost, then each artifact vs the original."""
+    out = {"passes": [r.to_dict() for r in run.reports], "attribution": attribution_table(run.reports),
+            "original_accuracy": run.original_accuracy, **run.sizes, "artifacts": figures,
+            "parity_rule": "numeric parity of each artifact vs the COMPRESSED model; accuracy vs the ORIGINAL "
+                           "model within [compress] max_accuracy_drop"}
+    if run.search is not None:
+        out["search"] = run.search.to_dict()
+    return out

@@ -1,0 +1,163 @@
+"""No secrets in logs over a full run on real loopback HTTP, and rate limits on
+enrollment and login (issue 8 item 6)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from edgepack import generate_key
+from edgepack._device_auth import sign_request
+
+
+def _private_forms(key) -> list[str]:
+    """Every text form a private key could leak in: PEM body, raw hex (both cases)."""
+    raw = key._private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                     serialization.NoEncryption())
+    pem = key.private_pem().decode()
+    body = "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+    return [raw.hex(), raw.hex().upper(), body, "PRIVATE KEY-----"]
+
+
+class _Http:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def call(self, method: str, path: str, body: bytes | None = None, headers=None):
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+
+@pytest.fixture
+def served(tmp_path, trust_file):
+    """The app with a random session secret and a TUF repository (so the online and federated keys
+    are in use), served by werkzeug on 127.0.0.1 with its access log on.
+
+    Yields (app, http, {what: secret text}) for every secret the server or its operators hold.
+    """
+    from werkzeug.serving import make_server
+
+    from edgepack import load_signing_key, save_key_pair
+    from fleet_server import FleetConfig, create_app
+    from fleet_server._publish import create_tuf
+
+    secret = secrets.token_urlsafe(36)
+    instance = tmp_path / "instance"
+    held = {"session secret": secret}
+    roots = []
+    for i in range(2):
+        k = generate_key()
+        roots.append(save_key_pair(k, tmp_path / "offline", f"root{i}")[0])
+        held.update({f"root key {i} form {j}": f for j, f in enumerate(_private_forms(k))})
+    create_tuf(instance, roots, 2, ["default"])
+    for name in ("online", "federated"):
+        k = load_signing_key(instance / "tuf" / f"{name}.key")
+        held.update({f"{name} key form {j}": f for j, f in enumerate(_private_forms(k))})
+    cfg = FleetConfig(instance_dir=instance, database_url=f"sqlite:///{tmp_path / 'fleet.db'}",
+                      secret_key=secret, release_trust=trust_file, tick_interval_s=0, report_tick_interval_s=0)
+    app = create_app(cfg)
+    assert app.extensions["edgepack_fleet"].publisher.kind == "tuf"
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield app, _Http(f"http://127.0.0.1:{srv.server_port}"), held
+    srv.shutdown()
+    t.join(10)
+    app.extensions["edgepack_fleet"].db.dispose()
+
+
+def test_a_full_run_at_debug_level_logs_no_token_or_private_key(served, bundle, release_key, caplog):
+    app, http, held = served
+    caplog.set_level(logging.DEBUG)  # root, so every library logger propagates at DEBUG
+    for name in ("fleet_server", "werkzeug", "sqlalchemy.engine", "sqlalchemy.pool", "tuf", "urllib3"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    from fleet_server._bp_admin import create_admin_token
+
+    admin = create_admin_token(app.extensions["edgepack_fleet"].db, "log-admin")
+    ah = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+    st, b = http.call("POST", "/api/v1/admin/enrollment-tokens", json.dumps({"group": "default"}).encode(), ah)
+    assert st == 201, b
+    enroll_token = json.loads(b)["token"]
+    dev_key = generate_key()
+    enroll = json.dumps({"token": enroll_token, "public_key": dev_key.public.raw.hex(), "name": "cam1"}).encode()
+    st, b = http.call("POST", "/api/v1/enroll", enroll, {"Content-Type": "application/json"})
+    assert st == 201, b
+    dev = json.loads(b)["device_id"]
+    # failure paths log too: a reused one-time token, a wrong admin token, a failed dashboard login
+    assert http.call("POST", "/api/v1/enroll", enroll, {"Content-Type": "application/json"})[0] == 401
+    assert http.call("GET", "/api/v1/admin/devices", None, {"Authorization": f"Bearer {admin}x"})[0] == 401
+    cookie, csrf = _login_form(http)
+    form = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    assert http.call("POST", "/login", f"token={admin}x&csrf_token={csrf}".encode(), form)[0] == 401
+    assert http.call("POST", "/login", f"token={admin}&csrf_token={csrf}".encode(), form)[0] in (200, 302)
+    st, b = http.call("POST", "/api/v1/admin/releases", bundle.read_bytes(),
+                      {"Authorization": f"Bearer {admin}", "Content-Type": "application/octet-stream"})
+    assert st == 201, b
+    st, b = http.call("POST", "/api/v1/admin/rollouts",
+                      json.dumps({"release": {"name": "digits", "version": 1}, "group": "default"}).encode(), ah)
+    assert st == 201, b
+    path = f"/api/v1/devices/{dev}/assignment"
+    st, b = http.call("GET", path, None, sign_request(dev_key, dev, "GET", path, b""))
+    assert st == 200, b
+    assert json.loads(b)["release"]["version"] == 1, b  # the check-in really delivered the rollout
+    st, b = http.call("GET", "/tuf/metadata/timestamp.json")  # signed with the online key just now
+    assert st == 200, b
+    hb = json.dumps({"active_version": 1, "state": {"charging": True}}).encode()
+    path = f"/api/v1/devices/{dev}/heartbeat"
+    st, b = http.call("POST", path, hb, {**sign_request(dev_key, dev, "POST", path, hb),
+                                         "Content-Type": "application/json"})
+    assert st in (200, 204), b
+
+    text = "\n".join(f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "/api/v1/enroll" in text and "/assignment" in text, "the access log was not captured"
+    # SQL statements with their bound parameters were captured too: a token stored in clear would show here
+    assert any(r.name.startswith("sqlalchemy.engine") for r in caplog.records), "SQL log not captured"
+    secrets_ = {"admin token": admin, "enrollment token": enroll_token, **held}
+    for i, form in enumerate(_private_forms(release_key)):
+        secrets_[f"release private key form {i}"] = form
+    for i, form in enumerate(_private_forms(dev_key)):
+        secrets_[f"device private key form {i}"] = form
+    leaked = [what for what, s in secrets_.items() if s in text]
+    assert not leaked, f"secrets in the logs: {leaked}"
+
+
+def _login_form(http: _Http) -> tuple[str, str]:
+    import re
+
+    req = urllib.request.Request(http.base + "/login")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        cookie = r.headers.get("Set-Cookie", "").split(";")[0]
+        token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', r.read().decode()).group(1)
+    return cookie, token
+
+
+@pytest.mark.xfail(strict=True, reason="rate limiting not implemented (issue 8 item 6)")
+def test_repeated_failed_logins_from_one_client_are_rate_limited_with_429(served):
+    _, http, _ = served
+    cookie, csrf = _login_form(http)
+    codes = [http.call("POST", "/login", f"token=epa_wrong{i}&csrf_token={csrf}".encode(),
+                       {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})[0]
+             for i in range(50)]
+    assert set(codes[:3]) == {401}, codes[:3]  # wrong tokens are refused to begin with
+    assert 429 in codes, "50 wrong admin tokens in a row were never slowed down"
+
+
+@pytest.mark.xfail(strict=True, reason="rate limiting not implemented (issue 8 item 6)")
+def test_repeated_failed_enrollments_from_one_client_are_rate_limited_with_429(served):
+    _, http, _ = served
+    codes = [http.call("POST", "/api/v1/enroll",
+                       json.dumps({"token": f"ept_guess{i}", "public_key": "ab" * 32}).encode(),
+                       {"Content-Type": "application/json"})[0] for i in range(50)]
+    assert set(codes[:3]) == {401}, codes[:3]
+    assert 429 in codes, "50 guessed enrollment tokens in a row were never slowed down"
