@@ -63,7 +63,7 @@ class OrtInt8Variant:
     calibrate_method: str = "MinMax"  # or "Entropy", "Percentile"
     pre_process: bool = False
     #: keep the stem Conv (the one reading the image) in float: measured 0.81 -> 0.93 top-1
-    #: agreement on EfficientNet-Lite0 at +2 kB (see RESULTS-efficientnet.md)
+    #: agreement on EfficientNet-Lite0 at +2 kB (see RESULTS.md)
     float_stem: bool = False
 
     @property

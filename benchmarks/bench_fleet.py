@@ -10,7 +10,7 @@ B. Sustained signed check-ins (``POST .../heartbeat``) under gunicorn
    heartbeat path through the same app (Flask test client) to show where the time goes.
 C. Roll a ~5 MB release (an MLP trained on sklearn digits, as in bench_tuf.py) out to
    ``--rollout-devices`` simulated devices, then a fine-tuned parameter update of it
-   (all layers, lr 1e-4, like RESULTS-tuf.md C) uploaded through
+   (all layers, lr 1e-4, like RESULTS.md C) uploaded through
    ``POST /api/v1/admin/releases/<id>/params`` with full + delta. The simulated device
    is lighter than the agent: signed assignment, TUF refresh with ``tuf.ngclient``
    (``runtime.agent.TufClient``: signed metadata, resumable Range download, length and

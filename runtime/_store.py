@@ -46,7 +46,7 @@ BUNDLE_FILE, PARAMS_FILE, PATCHED_DIR = "bundle.edgepack", "params.epu", "patche
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)

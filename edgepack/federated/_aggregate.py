@@ -4,7 +4,7 @@ Each update is folded in as it arrives, so memory is the accumulator (8 bytes
 per parameter, i.e. 2x a float32 model) plus a 256 KB scratch buffer, however
 many updates there are. Folding goes chunk by chunk through that scratch buffer
 instead of ``acc += w * x``: the bare form allocates a model-sized temporary for
-every update, and the chunks stay in cache (see benchmarks/RESULTS-federated.md).
+every update, and the chunks stay in cache (see benchmarks/RESULTS.md).
 
 The accumulator remembers which update ids it has folded, and that list is
 saved in the same atomic file as the sums, so after a crash a server reloads it

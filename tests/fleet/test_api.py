@@ -128,7 +128,7 @@ def test_bad_bundles_are_refused_and_nothing_is_stored(admin, make_bundle, fleet
     elif case == "untrusted":
         path = make_bundle(2, key=generate_key())
     elif case == "expired":
-        path = make_bundle(2, created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10),
+        path = make_bundle(2, created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=10),
                            expires_in=dt.timedelta(days=1))
     elif case == "tampered":
         from edgepack import open_bundle

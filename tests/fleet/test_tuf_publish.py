@@ -65,7 +65,7 @@ def test_background_tick_resigns_online_metadata_before_it_expires(fleet):
 
     repo = fleet.publisher.repo
     before = repo.status()["timestamp"]["version"]
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=20)  # past half the 1-day lifetime
-    assert fleet.background_tick(now=dt.datetime.now(dt.timezone.utc)) == []  # nothing due yet
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=20)  # past half the 1-day lifetime
+    assert fleet.background_tick(now=dt.datetime.now(dt.UTC)) == []  # nothing due yet
     assert "timestamp" in fleet.background_tick(now=later)
     assert repo.status()["timestamp"]["version"] == before + 1

@@ -83,7 +83,7 @@ def test_untrusted_signer_is_rejected(bundle):
 
 def test_expired_bundle_is_rejected(bundle, trust):
     with pytest.raises(edgepack.ExpiredError):
-        runtime.load(bundle, trust, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=400))
+        runtime.load(bundle, trust, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=400))
 
 
 def test_correct_input_is_handed_over_without_a_copy(model, digits):
