@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from support.models import TINY_IO, golden_npz, tiny_onnx_model
+from support.postgres import database_url, postgres_server  # noqa: F401  (fixtures shared by every DB test)
 
 from edgepack import BundleBuilder, SigningKey, Trust, generate_key
 

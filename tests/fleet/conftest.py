@@ -5,12 +5,8 @@ signed device clients."""
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,67 +14,6 @@ import pytest
 
 from edgepack import BundleBuilder, Trust, generate_key
 from edgepack._device_auth import sign_request
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-_counter = itertools.count()
-
-
-def _start_postgres() -> tuple[str | None, str, object]:
-    """Start a throwaway PostgreSQL on a unix socket; return (url, reason, stop)."""
-    url = os.environ.get("EDGEPACK_TEST_POSTGRES_URL")
-    if url:
-        return url, "", lambda: None
-    if not (PG_BIN / "initdb").exists():
-        return None, f"no {PG_BIN}/initdb and EDGEPACK_TEST_POSTGRES_URL is not set", lambda: None
-    base = Path(tempfile.mkdtemp(prefix="edgepack-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        if shutil.which("runuser") is None:
-            return None, "running as root without runuser to drop to the postgres user", lambda: None
-        shutil.chown(base, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = base / "data"
-    try:
-        subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                        "--no-sync"], check=True, capture_output=True, timeout=60)
-        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "20", "-l",
-                        str(base / "log"), "-o", f"-k {base} -c listen_addresses='' -c fsync=off", "start"],
-                       check=True, capture_output=True, timeout=40)
-    except (subprocess.SubprocessError, OSError) as e:
-        shutil.rmtree(base, ignore_errors=True)
-        return None, f"could not start a local PostgreSQL: {e}", lambda: None
-
-    def stop() -> None:
-        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
-
-    return f"postgresql+psycopg://postgres@/postgres?host={base}", "", stop
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    url, reason, stop = _start_postgres()
-    yield url, reason
-    stop()  # type: ignore[operator]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """A fresh empty database: SQLite in tmp_path, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'fleet.db'}"
-    url, reason = request.getfixturevalue("postgres_server")
-    if url is None:
-        pytest.skip(f"PostgreSQL not available: {reason}")
-    import psycopg
-
-    name = f"fleet_{os.getpid()}_{next(_counter)}"
-    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    base, _, query = url.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
 
 
 @pytest.fixture(scope="session")
