@@ -8,65 +8,23 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 from sqlalchemy import create_engine, text
+from support.server import CLI, Server, free_port, http_json
 
 from edgepack import generate_key
 from edgepack._device_auth import sign_request
 from edgepack.federated import ParamSpec, RoundAccumulator
 from edgepack.federated._update import encode_plain
 
-CLI = [sys.executable, "-c", "import sys; from edgepack.cli import main; sys.exit(main())"]
 N_DEVICES = 12
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(method: str, url: str, body: bytes | None = None, headers=None, timeout=10.0):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read()
-            return r.status, (json.loads(raw) if raw else None)
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
-class Server:
-    def __init__(self, instance: Path, port: int) -> None:
-        self.instance, self.port, self.proc = instance, port, None
-        self.url = f"http://127.0.0.1:{port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([*CLI, "fleet", "serve", "--instance", str(self.instance), "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--workers", "1", "--threads", "4"],
-                                     env={**os.environ, "EDGEPACK_FLEET_TICK_S": "0.5"}, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if _http("GET", f"{self.url}/healthz", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("the server did not start within 30 s")
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+_free_port, _http = free_port, http_json
 
 
 def _signed(url, key, dev_id, method, path, data: bytes, ctype="application/json"):
