@@ -22,7 +22,7 @@ from fleet_server._models import Report
 from runtime.agent import delta_target_path, params_target_path
 
 from ..conftest import tiny_onnx_model
-from .test_params_delta import N_IN, N_OUT, _bundle, _update
+from .test_params_delta import N_IN, N_OUT, _update, install_wide_v1
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +52,7 @@ def _post_params(env, release_id: int, fields: dict[str, bytes]) -> tuple[int, d
 
 @pytest.fixture
 def base(fleet_env, make_agent, wide_onnx, release_keys, tmp_path):
-    agent = make_agent()
-    rel = fleet_env.upload(_bundle(tmp_path / "wide-1.edgepack", wide_onnx, release_keys[:1]))
-    fleet_env.roll_out(rel["id"])
-    agent.step()
-    assert agent.installer.active_version() == 1
-    w = read_weights("onnx", wide_onnx, ["W"])["W"]
-    fine = w.copy()
-    fine[:, :4] += 0.01 * np.random.default_rng(1).standard_normal((N_IN, 4)).astype(np.float32)
+    agent, rel, _, fine = install_wide_v1(fleet_env, make_agent, wide_onnx, release_keys, tmp_path)
     return agent, rel, fine
 
 

@@ -48,8 +48,8 @@ def _update(base: bytes, new_w: np.ndarray, key, encoding: str) -> bytes:
     return data
 
 
-@pytest.fixture
-def installed(fleet_env, make_agent, wide_onnx, release_keys, tmp_path):
+def install_wide_v1(fleet_env, make_agent, wide_onnx, release_keys, tmp_path):
+    """Roll out the wide model v1 to a fresh agent; return (agent, release, W, fine-tuned W)."""
     agent = make_agent()
     rel = fleet_env.upload(_bundle(tmp_path / "wide-1.edgepack", wide_onnx, release_keys[:1]))
     fleet_env.roll_out(rel["id"])
@@ -58,6 +58,12 @@ def installed(fleet_env, make_agent, wide_onnx, release_keys, tmp_path):
     w = read_weights("onnx", wide_onnx, ["W"])["W"]
     fine_tuned = w.copy()
     fine_tuned[:, :4] += 0.01 * np.random.default_rng(1).standard_normal((N_IN, 4)).astype(np.float32)
+    return agent, rel, w, fine_tuned
+
+
+@pytest.fixture
+def installed(fleet_env, make_agent, wide_onnx, release_keys, tmp_path):
+    agent, _, w, fine_tuned = install_wide_v1(fleet_env, make_agent, wide_onnx, release_keys, tmp_path)
     return agent, w, fine_tuned
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.fleet_app import app, client, fleet, fleet_config, release_key, trust_file  # noqa: F401  (fixtures)
 
-from edgepack import BundleBuilder, Trust, generate_key, save_key_pair
+from edgepack import BundleBuilder, generate_key, save_key_pair
 from edgepack._device_auth import sign_request
 
 
@@ -59,16 +60,10 @@ def champion(digits):
     return (W0, b0), (W1, b1)
 
 
-@pytest.fixture(scope="session")
-def release_key():
-    return generate_key()
 
 
-@pytest.fixture(scope="session")
-def trust_file(tmp_path_factory, release_key):
-    p = tmp_path_factory.mktemp("trust") / "trust.json"
-    Trust.of([release_key.public]).save(p)
-    return p
+
+
 
 
 @pytest.fixture(scope="session")
@@ -101,26 +96,13 @@ def federated_key(tmp_path):
     return load_signing_key(tmp_path / "instance" / "tuf" / "federated.key")
 
 
-@pytest.fixture
-def app(tmp_path, trust_file, database_url):
-    from fleet_server import FleetConfig, create_app
-
-    cfg = FleetConfig(instance_dir=tmp_path / "instance", database_url=database_url,
-                      secret_key="s" * 48, release_trust=trust_file, tick_interval_s=0, report_tick_interval_s=0,
-                      testing=True)
-    app = create_app(cfg)
-    yield app
-    app.extensions["edgepack_fleet"].db.dispose()
 
 
-@pytest.fixture
-def fleet(app):
-    return app.extensions["edgepack_fleet"]
 
 
-@pytest.fixture
-def client(app):
-    return app.test_client()
+
+
+
 
 
 class Admin:

@@ -9,20 +9,21 @@ import re
 from pathlib import Path
 
 import pytest
+from support.fleet_app import admin_token, app, client, fleet, fleet_config, release_key, trust_file  # noqa: F401  (fixtures)
 
-from edgepack import BundleBuilder, Trust, generate_key
-
-
-@pytest.fixture(scope="session")
-def release_key():
-    return generate_key()
+from edgepack import BundleBuilder
 
 
-@pytest.fixture(scope="session")
-def trust_file(tmp_path_factory, release_key):
-    p = tmp_path_factory.mktemp("trust") / "trust.json"
-    Trust.of([release_key.public]).save(p)
-    return p
+@pytest.fixture
+def database_url(tmp_path):
+    """The security tests check the HTTP surface, not the database: SQLite only."""
+    return f"sqlite:///{tmp_path / 'fleet.db'}"
+
+
+
+
+
+
 
 
 @pytest.fixture
@@ -33,34 +34,16 @@ def bundle(tmp_path, release_key) -> Path:
     return b.write(tmp_path / "digits-1.edgepack", [release_key])
 
 
-@pytest.fixture
-def fleet_config(tmp_path, trust_file):
-    from fleet_server import FleetConfig
-
-    return FleetConfig(instance_dir=tmp_path / "instance", database_url=f"sqlite:///{tmp_path / 'fleet.db'}",
-                       secret_key="s" * 48, release_trust=trust_file, tick_interval_s=0, report_tick_interval_s=0,
-                       testing=True)
 
 
-@pytest.fixture
-def app(fleet_config):
-    from fleet_server import create_app
-
-    app = create_app(fleet_config)
-    yield app
-    app.extensions["edgepack_fleet"].db.dispose()
 
 
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
-@pytest.fixture
-def admin_token(app):
-    from fleet_server._bp_admin import create_admin_token
 
-    return create_admin_token(app.extensions["edgepack_fleet"].db, "sec-admin")
+
+
+
 
 
 def csrf_of(html: str) -> str:
