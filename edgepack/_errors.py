@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "CorruptArchiveError",
+    "CorruptStateError",
     "DataError",
     "DuplicateMemberError",
     "EdgepackError",
@@ -212,6 +213,12 @@ class FleetError(EdgepackError):
     """The fleet server refused a request or could not be reached."""
 
     exit_code = 12
+
+
+class CorruptStateError(EdgepackError):
+    """Stored state is damaged (a database page, a WAL frame): restore it from a backup."""
+
+    exit_code = 13
 
 
 def _collect_exit_codes() -> dict[int, str]:
