@@ -33,7 +33,7 @@ def create():  # type: ignore[no-untyped-def]
         quorum=opt(doc, "quorum", int), deadline_s=float(opt(doc, "deadline_s", (int, float), 3600)),
         eligibility=opt(doc, "eligibility", dict, {"charging": True, "idle": True, "wifi": True}),
         codecs=opt(doc, "codecs", list, ["none"]), policy=opt(doc, "policy", dict, {}),
-        group=opt(doc, "group", str), evaluation=opt(doc, "evaluation", dict))
+        group=opt(doc, "group", str), evaluation=opt(doc, "evaluation", dict), rollout=opt(doc, "rollout", dict))
     return jsonify(out), 201
 
 

@@ -72,14 +72,16 @@ def _acc_path(fleet: Any, round_id: str) -> Path:
 
 
 def _base_artifacts(fleet: Any, rel: Release) -> dict[str, bytes]:
-    # Read-only reuse of the parameter-release module's verified bundle reader.
-    from ._param_releases import _base_artifacts as read
+    """The verified artifacts of a release: a bundle's own, or, for a parameter-update release
+    (a promoted round), its bundle's with every update of the chain applied in order, each
+    verified against the parameter-update trust and its signed result hashes (as a device does).
 
-    arts = read(fleet, rel)
-    if arts is None:
-        raise BadRequestError(f"release {rel.name} v{rel.version} is a {rel.kind}, not a bundle", where="base_version",
-                              hint="start a round from a bundle release")
-    return arts
+    Raises:
+        BadRequestError: the chain does not lead back to a bundle, or a link no longer verifies.
+    """
+    from ._rounds_chain import release_artifacts
+
+    return release_artifacts(fleet, rel)
 
 
 def _spec_of(doc: dict[str, Any]) -> ParamSpec:
@@ -109,12 +111,17 @@ def create_round(fleet: Any, *, model: str, base_version: int, params: list[str]
                  fraction: float, min_clients: int, quorum: int | None, deadline_s: float,
                  eligibility: dict[str, bool], codecs: list[str], policy: dict[str, Any],
                  group: str | None = None, evaluation: dict[str, Any] | None = None,
-                 now: float | None = None) -> dict[str, Any]:
+                 rollout: dict[str, Any] | None = None, now: float | None = None) -> dict[str, Any]:
     """Create a round for ``model`` v``base_version`` and pick its cohort.
+
+    ``base_version`` may be a bundle or a parameter release (a promoted round's). With a
+    ``rollout`` plan (``{"group", "waves", "gates", "timing"}``, needs ``evaluation``), a
+    promoted candidate's release is rolled out automatically (``_rounds_rollout``).
 
     Raises:
         NotFoundError: no such release.
-        BadRequestError: a bad fraction/quorum/deadline/eligibility/policy, unknown weight names, or no ONNX artifact.
+        BadRequestError: a bad fraction/quorum/deadline/eligibility/policy/rollout plan, unknown weight names,
+            or no ONNX artifact.
         ConflictError: fewer eligible devices than ``min_clients``.
     """
     now = time.time() if now is None else now
@@ -136,6 +143,13 @@ def create_round(fleet: Any, *, model: str, base_version: int, params: list[str]
             raise BadRequestError("evaluation.path must name an .npz file on the server with arrays x and y",
                                   where="evaluation.path")
         ev["threshold"] = float(ev.get("threshold", 0.0))
+    if rollout is not None:
+        if not ev:
+            raise BadRequestError("a rollout plan needs an evaluation set: only a promoted candidate is rolled out",
+                                  where="rollout", hint="add evaluation: {path, threshold}")
+        from ._rounds_rollout import check_plan
+
+        ev["rollout"] = check_plan(fleet, rollout)
     with fleet.db.read() as s:
         rel = s.scalar(select(Release).where(Release.name == model, Release.version == base_version))
         if rel is None:
@@ -296,7 +310,7 @@ def close_round(fleet: Any, round_id: str, *, force: bool = False, now: float | 
         if r is None:
             raise NotFoundError(f"no round {round_id!r}", where="round_id")
         if r.state != "open":
-            if (r.result or {}).get("release") == "pending":
+            if "pending" in ((r.result or {}).get("release"), (r.result or {}).get("rollout")):
                 pending_only = True
             elif force:
                 raise ConflictError(f"round {r.id} is already {r.state}", where="round_id")
@@ -332,8 +346,9 @@ def close_round(fleet: Any, round_id: str, *, force: bool = False, now: float | 
             r.state, r.reason = "failed", f"closing failed: {type(e).__name__}: {e}"
         r.closed_at = now
         pending = r.result.get("release") == "pending"
-    # store_param_update opens its own write transaction, so it runs after ours committed; a crash in
-    # between leaves "pending" and the signed candidate.epu on disk, which close_round retries.
+    # store_param_update (and the planned rollout) open their own write transactions, so they run after
+    # ours committed; a crash in between leaves "pending" and the signed candidate.epu on disk, which
+    # close_round retries.
     if pending:
         _publish(fleet, round_id)
     with fleet.db.read() as s:

@@ -88,19 +88,33 @@ def _finish(fleet: Any, r: FLRound, acc: RoundAccumulator) -> tuple[str, dict[st
 
 
 def _publish(fleet: Any, round_id: str) -> None:
-    """Record a promoted, signed candidate as a parameter-update release (its own transactions)."""
+    """Record a promoted, signed candidate as a parameter-update release, then start the round's
+    planned rollout, if any (each its own transactions; a "pending" marker makes both retryable)."""
     from ._param_releases import store_param_update
+    from ._rounds_rollout import try_planned_rollout
 
     with fleet.db.read() as s:
         r = s.get(FLRound, round_id)
-        base_id = r.base_release_id
-    epu = (round_dir(fleet, round_id) / "candidate.epu").read_bytes()
-    try:
-        rel: Any = store_param_update(fleet, base_id, epu, None)
-        reason = None
-    except EdgepackError as e:
-        rel, reason = None, f"promoted and signed, but storing the release failed: {e.one_line()}"
+        base_id, result = r.base_release_id, dict(r.result or {})
+        plan = (r.evaluation or {}).get("rollout")
+    if result.get("release") == "pending":
+        epu = (round_dir(fleet, round_id) / "candidate.epu").read_bytes()
+        try:
+            rel: Any = store_param_update(fleet, base_id, epu, None)
+            reason = None
+        except EdgepackError as e:
+            rel, reason = None, f"promoted and signed, but storing the release failed: {e.one_line()}"
+        with fleet.db.write() as s:
+            r = s.get(FLRound, round_id, with_for_update=True)
+            r.result = {**r.result, "release": rel, **({"rollout": "pending"} if plan and rel else {})}
+            r.reason = reason
+            result = dict(r.result)
+    if result.get("rollout") != "pending":
+        return
+    why = (f"round {round_id} promoted its candidate: accuracy {result['candidate_accuracy']:.4f} vs champion "
+           f"{result['champion_accuracy']:.4f} (threshold {result['threshold']}) on the server's eval set")
+    ro, reason = try_planned_rollout(fleet, round_id, int(result["release"]["id"]), plan, why)
     with fleet.db.write() as s:
         r = s.get(FLRound, round_id, with_for_update=True)
-        r.result = {**r.result, "release": rel}
+        r.result = {**r.result, "rollout": ro}
         r.reason = reason

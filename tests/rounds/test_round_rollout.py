@@ -1,0 +1,119 @@
+"""Promotion -> rollout: a round's rollout plan starts the promoted release's health-gated rollout
+automatically (with the reason recorded), and the next round trains on that parameter release."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from edgepack import Trust
+from edgepack._params import parse_param_update, read_weights
+from edgepack.federated._update import encode_plain
+
+PLAN = {"group": "default", "waves": [50, 100], "gates": {"min_reports": 1}}
+
+
+def _round(admin, devs, delta, eval_npz, base_version=1, **kw):
+    body = {"model": "digits", "base_version": base_version, "params": ["W", "b"], "min_clients": len(devs),
+            "evaluation": {"path": str(eval_npz), "threshold": 0.0}, **kw}
+    r = admin.post("/rounds", body)
+    assert r.status_code == 201, r.json
+    rid = r.json["id"]
+    for d in devs:
+        blob = encode_plain(d.key, delta, round_id=rid, base_version=base_version, device_id=d.id, num_samples=80)
+        assert d.upload(rid, blob).status_code == 200
+    return admin.post(f"/rounds/{rid}/close").json
+
+
+def test_promoted_candidate_is_released_and_its_rollout_starts_with_the_reason_recorded(
+        federated_key, admin, enroll, champion, eval_npz):
+    (W0, b0), (W1, b1) = champion
+    devs = [enroll(f"d{i}") for i in range(2)]
+    out = _round(admin, devs, {"W": W1 - W0, "b": b1 - b0}, eval_npz, rollout=PLAN)
+    res = out["result"]
+    assert res["promoted"] is True and res["release"]["version"] == 2 and out["reason"] is None, out
+    assert res["rollout"]["group"] == "default" and res["rollout"]["state"] == "running"
+    ro = admin.get(f"/rollouts/{res['rollout']['id']}").json
+    assert ro["release"] == {"id": res["release"]["id"], "name": "digits", "version": 2}
+    assert ro["waves"] == [50, 100] and ro["gates"]["min_reports"] == 1
+    assert ro["assigned_devices"] == 1  # wave 1 = 50 % of 2 devices: the same health-gated waves
+    promoted = [e for e in ro["events"] if e["kind"] == "promoted"]
+    assert len(promoted) == 1 and out["id"] in promoted[0]["message"]
+    assert f"{res['candidate_accuracy']:.4f}" in promoted[0]["message"] and promoted[0]["actor"] == f"round {out['id']}"
+    assert out["evaluation"]["rollout"]["group"] == "default"
+
+
+def test_refused_candidate_starts_no_rollout(federated_key, admin, enroll, eval_npz):
+    rng = np.random.default_rng(3)
+    devs = [enroll(f"d{i}") for i in range(2)]
+    delta = {"W": rng.normal(0, 3.0, (64, 10)).astype(np.float32), "b": np.zeros(10, np.float32)}
+    out = _round(admin, devs, delta, eval_npz, rollout=PLAN)
+    assert out["result"]["promoted"] is False and "rollout" not in out["result"]
+    assert admin.get("/rollouts").json["rollouts"] == []
+
+
+def test_a_rollout_that_cannot_start_is_recorded_on_the_round_and_the_release_is_kept(
+        federated_key, admin, enroll, champion, eval_npz):
+    (W0, b0), (W1, b1) = champion
+    devs = [enroll(f"d{i}") for i in range(2)]
+    busy = admin.post("/rollouts", {"release": {"name": "digits", "version": 1}, "group": "default",
+                                    "gates": {"min_reports": 2}})
+    assert busy.status_code == 201 and busy.json["state"] == "running"
+    out = _round(admin, devs, {"W": W1 - W0, "b": b1 - b0}, eval_npz, rollout=PLAN)
+    assert out["result"]["release"]["version"] == 2 and out["result"]["rollout"] is None
+    assert "did not start" in out["reason"] and "already has active rollout" in out["reason"]
+    assert admin.post(f"/rounds/{out['id']}/close").status_code == 409  # closed for good, nothing pending
+
+
+@pytest.mark.parametrize("plan, status, where", [
+    ({"group": "default", "waves": [50]}, 400, "waves"),
+    ({"group": "nope"}, 404, "rollout.group"),
+    ({"group": "default", "speed": 3}, 400, "rollout"),
+    ({"group": "default", "gates": {"min_reports": -1}}, 400, "gates.min_reports"),
+])
+def test_bad_rollout_plan_is_refused_when_the_round_is_created(admin, enroll, eval_npz, plan, status, where):
+    enroll("d0")
+    r = admin.post("/rounds", {"model": "digits", "base_version": 1, "params": ["W", "b"],
+                               "evaluation": {"path": str(eval_npz)}, "rollout": plan})
+    assert r.status_code == status and r.json["where"] == where, r.json
+
+
+def test_rollout_plan_without_an_evaluation_set_is_refused(admin, enroll):
+    enroll("d0")
+    r = admin.post("/rounds", {"model": "digits", "base_version": 1, "params": ["W", "b"], "rollout": PLAN})
+    assert r.status_code == 400 and r.json["where"] == "rollout" and "evaluation" in r.json["message"]
+
+
+def test_next_round_trains_on_the_promoted_parameter_release(federated_key, admin, enroll, champion, eval_npz,
+                                                             fleet):
+    (W0, b0), (W1, b1) = champion
+    devs = [enroll(f"d{i}") for i in range(2)]
+    first = _round(admin, devs, {"W": W1 - W0, "b": b1 - b0}, eval_npz)
+    assert first["result"]["release"]["version"] == 2
+    cand = np.load(fleet.config.instance_dir / "rounds" / first["id"] / "candidate.npz")
+    r2 = admin.post("/rounds", {"model": "digits", "base_version": 2, "params": ["W", "b"], "min_clients": 2})
+    assert r2.status_code == 201, r2.json
+    got = devs[0].get_round().json["round"]
+    assert got["round_id"] == r2.json["id"] and got["base_version"] == 2
+    W = np.frombuffer(base64.b64decode(got["params"]["W"]["data"]), np.float32).reshape(64, 10)
+    np.testing.assert_array_equal(W, cand["W"])  # the global model is the promoted candidate, bit for bit
+    # a third version chains on the second: its .epu names base v2 and rebuilds from v2's artifact
+    admin.post(f"/rounds/{r2.json['id']}/close")
+    second = _round(admin, devs, {"W": (W1 - W0) * 0.1, "b": (b1 - b0) * 0.1}, eval_npz, base_version=2)
+    res = second["result"]
+    assert res["promoted"] is True and res["release"]["version"] == 3, second
+    epu = (fleet.config.instance_dir / "rounds" / second["id"] / "candidate.epu").read_bytes()
+    u, _ = parse_param_update(epu, Trust.of([federated_key.public]))
+    assert (u.version, u.base_version) == (3, 2)
+    from fleet_server._models import Release
+    from fleet_server._rounds_chain import release_artifacts
+
+    with fleet.db.read() as s:
+        v3 = s.query(Release).filter_by(name="digits", version=3).one()
+        s.expunge(v3)
+    arts = release_artifacts(fleet, v3)
+    onnx = next(v for k, v in arts.items() if k.endswith(".onnx"))
+    np.testing.assert_array_equal(read_weights("onnx", onnx, ["W"])["W"],
+                                  np.load(fleet.config.instance_dir / "rounds" / second["id"] / "candidate.npz")["W"])
