@@ -28,6 +28,10 @@ _ENV = {
     "release_trust": "EDGEPACK_RELEASE_TRUST",
     "storage_dir": "EDGEPACK_FLEET_STORAGE",
     "tick_interval_s": "EDGEPACK_FLEET_TICK_S",
+    "rate_limit_window_s": "EDGEPACK_RATE_LIMIT_WINDOW_S",
+    "enroll_failure_limit": "EDGEPACK_ENROLL_FAILURE_LIMIT",
+    "login_failure_limit": "EDGEPACK_LOGIN_FAILURE_LIMIT",
+    "admin_auth_failure_limit": "EDGEPACK_ADMIN_AUTH_FAILURE_LIMIT",
 }
 
 
@@ -56,7 +60,15 @@ class FleetConfig:
     report_tick_interval_s: float = 1.0
     #: NORMAL survives a process crash (SIGKILL) in WAL mode; FULL also survives power loss
     sqlite_synchronous: str = "NORMAL"
+    #: what ``fleet serve`` checks before serving: "integrity" (PRAGMA integrity_check), "quick" or "off"
+    sqlite_startup_check: str = "integrity"
     session_cookie_secure: bool = False
+    #: failed enrollments / dashboard logins / admin-token checks one client IP may make per window
+    #: before it is refused with 429 until the window ends (0 turns a limit off); see docs/fleet.md
+    rate_limit_window_s: float = 60.0
+    enroll_failure_limit: int = 10
+    login_failure_limit: int = 10
+    admin_auth_failure_limit: int = 100
     testing: bool = False
 
     def __post_init__(self) -> None:
@@ -66,6 +78,11 @@ class FleetConfig:
         for name in ("max_json_bytes", "max_upload_bytes", "max_skew_s", "poll_after_s", "online_after_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive", where=name)
+        if self.rate_limit_window_s <= 0:
+            raise ConfigError("rate_limit_window_s must be positive", where="rate_limit_window_s")
+        for name in ("enroll_failure_limit", "login_failure_limit", "admin_auth_failure_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (off) or positive", where=name)
 
     @property
     def db_url(self) -> str:

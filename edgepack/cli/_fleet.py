@@ -39,7 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--threads", type=int, default=4, help="threads per worker (gthread)")
+    serve.add_argument("--accept-wal-loss", action="store_true",
+                       help="start even though committed transactions after a damaged WAL frame will be dropped")
     serve.set_defaults(func=_serve)
+
+    bak = add_command(fsub, "backup", "copy the SQLite database consistently while the server runs",
+                      "edgepack fleet backup --instance fleet/ --out backups/fleet-2026-01-01.db")
+    bak.add_argument("--instance", type=Path, default=None)
+    bak.add_argument("--out", type=Path, required=True, help="backup file to write (temp name, then renamed)")
+    bak.set_defaults(func=_backup)
 
     tok = add_command(fsub, "admin-token", "create another admin token (printed once)",
                       "edgepack fleet admin-token --instance fleet/ --name ci")
@@ -53,6 +61,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     enr.add_argument("--group", default="default")
     enr.add_argument("--ttl-hours", type=float, default=24.0)
     enr.set_defaults(func=_enroll_token)
+
+    aud = add_command(fsub, "audit", "show the audit log (newest first), or verify its hash chain",
+                      "edgepack fleet audit --instance fleet/ --action rollout --limit 20\n"
+                      "  edgepack fleet audit --instance fleet/ --verify")
+    aud.add_argument("--instance", type=Path, default=None)
+    aud.add_argument("--actor", help="only this actor (exact, or a prefix such as 'admin' or 'admin:ci')")
+    aud.add_argument("--action", help="only this action (exact, or a prefix such as 'rollout')")
+    aud.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
+    aud.add_argument("--verify", action="store_true",
+                     help="check the whole hash chain; exit 5 at the first edited, missing or reordered row")
+    aud.set_defaults(func=_audit)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -125,6 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.instance)
     config.require_secret_key()
+    _check_state(config, args.accept_wal_loss)  # before anything opens the database (see _recovery)
     db = Database(config.db_url, sqlite_synchronous=config.sqlite_synchronous)
     db.check_schema()  # fail here, once, not in every worker
     db.dispose()
@@ -155,6 +175,36 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite"):
+        return None  # PostgreSQL checks its own pages (data checksums) and has its own backups
+    path = url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _check_state(config, accept_wal_loss: bool) -> None:  # type: ignore[no-untyped-def]
+    from fleet_server._recovery import check_sqlite, sweep_temp
+
+    path = _sqlite_path(config.db_url)
+    if path is not None:
+        check_sqlite(path, config.sqlite_startup_check, accept_wal_loss=accept_wal_loss)
+    sweep_temp(config.instance_dir, config.artifacts_dir)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from fleet_server._config import load_config
+    from fleet_server._recovery import backup_sqlite
+
+    config = load_config(args.instance)
+    path = _sqlite_path(config.db_url)
+    if path is None or not path.exists():
+        raise ConfigError("backup copies the embedded SQLite database; this instance has none",
+                          where=config.db_url.split("@")[-1], hint="back up PostgreSQL with pg_dump")
+    size = backup_sqlite(path, args.out)
+    emit(args, {"backup": str(args.out), "bytes": size}, f"backed up {path} to {args.out} ({size} bytes)")
+    return 0
+
+
 def _admin_token(args: argparse.Namespace) -> int:
     from fleet_server._bp_admin import create_admin_token
     from fleet_server._config import load_config
@@ -164,6 +214,7 @@ def _admin_token(args: argparse.Namespace) -> int:
     db = Database(config.db_url)
     db.check_schema()
     token = create_admin_token(db, args.name)
+    _cli_audit(db, "cli.admin_token", f"admin-token:{args.name}", "created with 'edgepack fleet admin-token'")
     emit(args, {"name": args.name, "admin_token": token}, f"admin token {args.name} (shown once): {token}")
     return 0
 
@@ -177,5 +228,44 @@ def _enroll_token(args: argparse.Namespace) -> int:
     fleet = Fleet(config)
     fleet.db.check_schema()
     out = create_enrollment_token(fleet, args.group, {}, args.ttl_hours * 3600)
+    _cli_audit(fleet.db, "cli.enroll_token", f"group:{args.group}", "created with 'edgepack fleet enroll-token'",
+               {"expires_at": out["expires_at"]})
     emit(args, out, f"enrollment token for group {args.group} (one use, shown once): {out['token']}")
+    return 0
+
+
+def _cli_audit(db: object, action: str, target: str, reason: str, details: dict[str, object] | None = None) -> None:
+    from fleet_server._audit import record
+
+    with db.write() as s:  # type: ignore[attr-defined]
+        record(s, "cli", action, target, reason, details)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import time
+
+    from fleet_server._audit import entry_dict, page, verify
+    from fleet_server._config import load_config
+    from fleet_server._db import Database
+
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    config = load_config(args.instance)
+    db = Database(config.db_url)
+    try:
+        db.check_schema()
+        if args.verify:
+            rep = verify(db)  # raises AuditChainError (exit 5) at the first bad row
+            emit(args, {"ok": True, "rows": rep.rows, "head": rep.head},
+                 f"audit log OK: {rep.rows} row(s), chain head {rep.head}")
+            return 0
+        with db.read() as s:
+            rows, total = page(s, actor=args.actor, action=args.action, per_page=args.limit)
+            entries = [entry_dict(e) for e in rows]
+    finally:
+        db.dispose()
+    lines = [f"{e['seq']:>6}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['at']))}  {e['actor']:<24}  "
+             f"{e['action']:<28}  {e['target']}  {e['reason']}" for e in entries]
+    emit(args, {"total": total, "entries": entries},
+         "\n".join(lines) + f"\n({len(entries)} of {total} entr{'y' if total == 1 else 'ies'})")
     return 0

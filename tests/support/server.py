@@ -39,19 +39,24 @@ class Server:
     """``edgepack fleet serve`` in its own process group, so SIGKILL reaches the
     gunicorn master and every worker at once."""
 
-    def __init__(self, instance: Path, port: int | None = None, workers: int = 1) -> None:
+    def __init__(self, instance: Path, port: int | None = None, workers: int = 1, *,
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None, threads: int = 4) -> None:
         self.instance, self.port, self.workers = instance, port or free_port(), workers
+        self.extra_args, self.env, self.threads = list(extra_args or []), dict(env or {}), threads
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {**os.environ, "EDGEPACK_FLEET_TICK_S": "0.5"}
+        env = {**os.environ, "EDGEPACK_FLEET_TICK_S": "0.5", **self.env}
         self.proc = subprocess.Popen([*CLI, "fleet", "serve", "--instance", str(self.instance), "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--workers", str(self.workers), "--threads", "4"],
+                                      "--port", str(self.port), "--workers", str(self.workers),
+                                      "--threads", str(self.threads), *self.extra_args],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited with {self.proc.returncode} while starting")
             try:
                 if http_json("GET", f"{self.url}/healthz", timeout=1)[0] == 200:
                     return
@@ -63,3 +68,27 @@ class Server:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM (gunicorn's graceful stop) if it still runs; SIGKILL after 20 s. Safe to call twice."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def pids(self) -> list[int]:
+        """The process group's pids (gunicorn master and workers), from /proc."""
+        assert self.proc is not None
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == self.proc.pid:  # field 5 of /proc/PID/stat: the process group
+                    out.append(int(d.name))
+        return out
