@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import os
@@ -43,6 +44,8 @@ JOURNAL_SCHEMA = "edgepack.installstore/v1"
 SLOTS = ("a", "b")
 HISTORY_LIMIT = 50
 BUNDLE_FILE, PARAMS_FILE, PATCHED_DIR = "bundle.edgepack", "params.epu", "patched"
+#: a full disk, a full quota, or a file-size limit (RLIMIT_FSIZE): all mean "no room for this install"
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def _now() -> str:
@@ -237,8 +240,21 @@ class InstallStore:
         act = self.active()
         res = InstallResult(False, action, version, act.version if act else None, None, reason, health,
                             rolled_back=reason["code"] == "health_check_failed")
-        self._record({"event": "rolled_back" if res.rolled_back else "refused", **res.to_dict()})
+        try:
+            self._record({"event": "rolled_back" if res.rolled_back else "refused", **res.to_dict()})
+        except OSError as e:
+            if e.errno not in NO_SPACE_ERRNOS:
+                raise
+            # the disk is still full: the old journal stays (atomic_write left no temp file) and the
+            # result, which the agent reports to the server, still says why
         return res
+
+    def _io_reason(self, e: OSError) -> dict[str, Any]:
+        if e.errno in NO_SPACE_ERRNOS:
+            free = shutil.disk_usage(self.root).free
+            return _reason("no_space", e, message=f"no space left for the install in {self.root} "
+                           f"({free} bytes free): {e.strerror}", free_bytes=free)
+        return _reason("io_error", e, message=f"cannot write the install: {e.strerror}")
 
     def _check_candidate(self, action: str, name: str, version: int, work: Path, model: Model,
                          expected: dict[str, Any] | None = None) -> InstallResult | None:
@@ -296,7 +312,13 @@ class InstallStore:
                              rec.params_sha256, _now())
             doc.update(active=asdict(new), previous=asdict(act) if act else None)
             res = InstallResult(True, action, rec.version, rec.version, target, None, health)
-            self._commit(doc, {"event": "activated", **res.to_dict()})   # the commit point
+            try:
+                self._commit(doc, {"event": "activated", **res.to_dict()})   # the commit point
+            except OSError as e:
+                # the journal was not replaced, so the old version is still the active one
+                remove_tree(dest)
+                return InstallResult(False, action, rec.version, act.version if act else None, None,
+                                     self._io_reason(e))
             return res
 
     def install(self, bundle_path: str | os.PathLike[str]) -> InstallResult:
@@ -304,7 +326,9 @@ class InstallStore:
 
         Never raises for a bad candidate: the result says why (``reason["code"]`` is one of
         ``verification_failed``, ``wrong_model``, ``not_newer``, ``health_check_failed``,
-        ``superseded``) and the journal records it; the active version is untouched.
+        ``superseded``, ``no_space`` when the disk, quota or file-size limit is full, ``io_error``)
+        and the journal records it (unless the disk is too full even for that); the active version
+        is untouched and the incomplete copy is removed.
 
         Raises:
             InstallError: the state directory itself is unusable.
@@ -316,7 +340,9 @@ class InstallStore:
             with open(dst, "rb") as f:
                 os.fsync(f.fileno())
             model, vb = self._load_dir(work, None, self.config)   # verify the copy we will keep
-        except (EdgepackError, OSError) as e:
+        except OSError as e:
+            return self._fail("install", None, self._io_reason(e), work)
+        except EdgepackError as e:
             return self._fail("install", None, _reason("verification_failed", e), work)
         m = vb.manifest
         bad = self._check_candidate("install", m.name, m.version, work, model)
@@ -366,11 +392,14 @@ class InstallStore:
             code = "param_hash_mismatch" if type(e).__name__ == "ArtifactHashError" else "wrong_base_version"
             return self._fail("params", u.version, _reason(code, e), None)
         work = self._new_incoming()
-        shutil.copyfile(src / BUNDLE_FILE, work / BUNDLE_FILE)
-        (work / PATCHED_DIR).mkdir()
-        for path, blob in rebuilt.items():
-            atomic_write(work / PATCHED_DIR / Path(path).name, blob)
-        atomic_write(work / PARAMS_FILE, update)
+        try:
+            shutil.copyfile(src / BUNDLE_FILE, work / BUNDLE_FILE)
+            (work / PATCHED_DIR).mkdir()
+            for path, blob in rebuilt.items():
+                atomic_write(work / PATCHED_DIR / Path(path).name, blob)
+            atomic_write(work / PARAMS_FILE, update)
+        except OSError as e:
+            return self._fail("params", u.version, self._io_reason(e), work)
         try:
             model, _ = self._load_dir(work, None, self.config)
         except EdgepackError as e:
