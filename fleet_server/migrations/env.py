@@ -1,0 +1,20 @@
+"""Alembic environment: always given a live connection by ``fleet_server._migrate`` (no URL in any ini).
+
+``render_as_batch`` makes column changes work on SQLite, which has no ALTER COLUMN:
+Alembic copies the table instead (https://alembic.sqlalchemy.org/en/latest/batch.html).
+"""
+
+from __future__ import annotations
+
+from alembic import context
+
+from fleet_server._models import Base
+
+connection = context.config.attributes.get("connection")
+if connection is None:  # pragma: no cover - only reachable by running the alembic CLI by hand
+    raise SystemExit("run migrations with `edgepack fleet migrate`, which passes the database connection")
+
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                  compare_type=True)
+with context.begin_transaction():
+    context.run_migrations()
