@@ -44,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--name", default="device", help="device name shown on the dashboard")
     run.add_argument("--max-steps", type=int, default=None, help="stop after N check-ins (default: run forever)")
     run.add_argument("--poll-interval", type=float, default=None, help="seconds between check-ins (default 60)")
+    run.add_argument("--fl-data", type=Path, default=None,
+                     help="local training data (.npz with x and integer y): take part in federated rounds")
+    run.add_argument("--conditions", type=Path, default=None,
+                     help='JSON eligibility facts, re-read at every check-in: {"charging": true, "idle": true, '
+                          '"wifi": true} (default: all true)')
+    run.add_argument("--fl-min-time-s", type=float, default=None,
+                     help="do not start training with less time left before a round's deadline (default 5)")
+    run.add_argument("--fl-epochs", type=int, default=None, help="local training epochs per round (default 30)")
     run.set_defaults(func=_run)
 
     st = add_command(dsub, "status", "show the agent's state: enrollment, active version, queued reports",
@@ -73,14 +81,20 @@ def _pin(state: Path, args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from runtime import InstallStore
-    from runtime.agent import Agent, AgentConfig, StoreInstaller
+    from runtime.agent import Agent, AgentConfig, StoreInstaller, load_local_data
 
     state: Path = args.state
     _pin(state, args)
+    if args.fl_data is not None:
+        load_local_data(args.fl_data)  # a bad data file is a one-line DataError now, not a warning per check-in
     trust = load_trust(state / PINNED["trust"])
     store = InstallStore(state / "store", trust, update_trust=load_trust(state / PINNED["update_trust"]))
+    config = AgentConfig.from_env(
+        poll_interval_s=args.poll_interval, fl_min_time_s=args.fl_min_time_s, fl_epochs=args.fl_epochs,
+        fl_data=str(args.fl_data.resolve()) if args.fl_data else None,
+        conditions_file=str(args.conditions.resolve()) if args.conditions else None)
     agent = Agent(state, args.server, StoreInstaller(store), trust, (state / PINNED["tuf_root"]).read_bytes(),
-                  config=AgentConfig.from_env(poll_interval_s=args.poll_interval))
+                  config=config)
     if not agent.state.device_id:
         if not args.enroll_token:
             raise UsageError("this device is not enrolled", where=str(state),
@@ -100,7 +114,8 @@ def _summary(agent: Any, steps: int | None = None) -> dict[str, Any]:
     return {"device_id": agent.state.device_id, "group": agent.state.group,
             "active_version": agent.installer.active_version(), "pending": agent.state.pending,
             "failed_versions": agent.state.failed_versions, "consecutive_failures": agent.state.consecutive_failures,
-            "queued_reports": len(agent.outbox), "steps": steps, "last_delivery": agent.last_delivery}
+            "queued_reports": len(agent.outbox), "steps": steps, "last_delivery": agent.last_delivery,
+            "last_round": agent.participant.last if agent.participant else None}
 
 
 def _status(args: argparse.Namespace) -> int:

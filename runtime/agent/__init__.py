@@ -19,6 +19,7 @@ from ._errors import (
     TufVerificationError,
 )
 from ._install import Installer, StoreInstaller
+from ._participant import RoundParticipant, load_local_data, read_conditions
 from ._state import AgentState, Outbox
 from ._tuf_client import RefreshStats, TufClient
 
@@ -33,6 +34,7 @@ __all__ = [
     "Installer",
     "Outbox",
     "RefreshStats",
+    "RoundParticipant",
     "ServerRefusedError",
     "ServerUnreachableError",
     "StoreInstaller",
@@ -42,6 +44,8 @@ __all__ = [
     "TufVerificationError",
     "delta_target_path",
     "download_resumable",
+    "load_local_data",
     "next_delay",
     "params_target_path",
+    "read_conditions",
 ]

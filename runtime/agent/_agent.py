@@ -1,4 +1,4 @@
-"""The device agent: check in, refresh TUF, deliver the assigned release, report.
+"""The device agent: check in, refresh TUF, deliver the assigned release, take part in rounds, report.
 
 One ``step`` is one check-in. Nothing in a step stops the model that is
 serving: a network failure, a refused update or a broken download only
@@ -42,6 +42,7 @@ from ._errors import (
 )
 from ._http import FleetClient
 from ._install import Installer
+from ._participant import RoundParticipant, read_conditions
 from ._state import AgentState, Outbox
 from ._tuf_client import TufClient
 
@@ -73,7 +74,12 @@ class Agent:
         self.tuf = TufClient(self.dir, server_url, pinned_root, timeout=self.config.timeout_s, auth=self._auth)
         self.outbox = Outbox(self.dir / "outbox")
         self.rng = rng or random.Random()
+        if conditions is None and self.config.conditions_file:
+            path = self.config.conditions_file
+            conditions = lambda: read_conditions(path)  # noqa: E731 (re-read at every check-in)
         self.conditions = conditions or (lambda: {"charging": True, "idle": True, "wifi": True})
+        #: federated rounds, when the device has local data (``AgentConfig.fl_data``)
+        self.participant = RoundParticipant(self.dir, self.config) if self.config.fl_data else None
         self.last_delivery: dict[str, Any] | None = None
         self._poll_after: float | None = None
         self._last_telemetry = 0.0
@@ -157,6 +163,9 @@ class Agent:
             release = doc.get("release") if isinstance(doc, dict) else None
             if release:
                 self._deliver(release)
+            if self.participant is not None:  # after delivery: a just-promoted release trains next
+                self.participant.step(self.api, str(self.state.device_id), self._key(), self.installer,
+                                      self.conditions)
             self._maybe_telemetry()
             self.flush()
             self.state.consecutive_failures = 0

@@ -19,6 +19,13 @@ class AgentConfig:
     ``jitter`` spreads a fleet's check-ins (±20 %) so a server restart does not
     make every device call back in the same second; failures back off
     exponentially from ``backoff_base_s`` to ``backoff_max_s``.
+
+    Federated rounds: with ``fl_data`` (an ``.npz`` holding ``x`` and integer labels
+    ``y``) the agent takes part in the rounds it is selected for; ``conditions_file``
+    (JSON ``{"charging": bool, "idle": bool, "wifi": bool}``, written by the device's
+    OS and re-read at every check-in) gives the eligibility facts it reports; a round
+    is not started with less than ``fl_min_time_s`` (or twice the last training
+    time) left before its deadline; ``fl_epochs`` is the local training length.
     """
 
     poll_interval_s: float = 60.0
@@ -27,11 +34,16 @@ class AgentConfig:
     backoff_max_s: float = 900.0
     timeout_s: float = 15.0
     telemetry_interval_s: float = 300.0
+    fl_data: str | None = None
+    conditions_file: str | None = None
+    fl_min_time_s: float = 5.0
+    fl_epochs: int = 30
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter < 1:
             raise ConfigError("jitter must be in [0, 1)", where="AgentConfig.jitter")
-        for f in ("poll_interval_s", "backoff_base_s", "backoff_max_s", "timeout_s", "telemetry_interval_s"):
+        for f in ("poll_interval_s", "backoff_base_s", "backoff_max_s", "timeout_s", "telemetry_interval_s",
+                  "fl_min_time_s", "fl_epochs"):
             if getattr(self, f) <= 0:
                 raise ConfigError(f"{f} must be > 0", where=f"AgentConfig.{f}")
         if self.backoff_max_s < self.backoff_base_s:
@@ -42,16 +54,20 @@ class AgentConfig:
         """Defaults, then ``EDGEPACK_AGENT_<FIELD>`` variables, then ``overrides``.
 
         Raises:
-            ConfigError: a variable is not a number.
+            ConfigError: a numeric variable is not a number.
         """
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = os.environ.get(f"EDGEPACK_AGENT_{f.name.upper()}")
-            if raw is not None:
-                try:
-                    values[f.name] = float(raw)
-                except ValueError as e:
-                    raise ConfigError(f"EDGEPACK_AGENT_{f.name.upper()}={raw!r} is not a number") from e
+            if raw is None:
+                continue
+            if "str" in str(f.type):
+                values[f.name] = raw or None
+                continue
+            try:
+                values[f.name] = int(raw) if str(f.type) == "int" else float(raw)
+            except ValueError as e:
+                raise ConfigError(f"EDGEPACK_AGENT_{f.name.upper()}={raw!r} is not a number") from e
         return replace(cls(**values), **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import time
 import urllib.error
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,13 @@ def _decode_params(doc: dict[str, Any]) -> dict[str, np.ndarray]:
 def participate(api: FleetClient, device_id: str, key: SigningKey, state_dir: str | Path, model: Any,
                 inputs: Any, labels: np.ndarray, *, conditions: Callable[[], dict[str, bool]],
                 trainer: str = "numpy", train_config: TrainConfig | None = None, min_time_s: float = 5.0,
-                now: Callable[[], float] = time.time) -> dict[str, Any]:
+                now: Callable[[], float] = time.time, skip_rounds: Collection[str] = ()) -> dict[str, Any]:
     """Take part in the round this device is selected for, if any; return what happened.
 
-    ``status`` is ``no_round``, ``skipped`` (not eligible now, too close to the deadline,
-    or another base model than the one installed), ``uploaded`` or ``rejected`` (with the
-    server's reason).
+    ``status`` is ``no_round``, ``answered`` (the round is in ``skip_rounds``: this device
+    already had the server's answer for it), ``skipped`` (not eligible now, too close to the
+    deadline, or another base model than the one installed), ``uploaded`` or ``rejected``
+    (with the server's reason). ``train_s`` is how long local training took.
 
     Raises:
         ServerUnreachableError: the server cannot be reached (the agent retries later).
@@ -59,6 +60,8 @@ def participate(api: FleetClient, device_id: str, key: SigningKey, state_dir: st
     if not rnd:
         return {"status": "no_round"}
     rid = rnd["round_id"]
+    if rid in skip_rounds:
+        return {"status": "answered", "round_id": rid}
     state = conditions()
     unmet = sorted(k for k, v in (rnd.get("eligibility") or {}).items() if state.get(k) is not v)
     if unmet:  # conditions may have changed since the heartbeat that got us selected
@@ -69,11 +72,13 @@ def participate(api: FleetClient, device_id: str, key: SigningKey, state_dir: st
         return {"status": "skipped", "round_id": rid,
                 "reason": f"installed model is not {rnd['model']} v{rnd['base_version']}"}
     global_params = _decode_params(rnd["params"])
+    t0 = time.monotonic()
     upd = train_local(model, inputs, labels, trainer=trainer, config=train_config)
+    train_s = time.monotonic() - t0
     delta = {n: (np.asarray(upd.weights[n], np.float64) - g.astype(np.float64)).astype(g.dtype)
              for n, g in global_params.items()}
     if rnd["deadline_at"] - now() < 1.0:
-        return {"status": "skipped", "round_id": rid, "reason": "training ran past the deadline"}
+        return {"status": "skipped", "round_id": rid, "reason": "training ran past the deadline", "train_s": train_s}
     codec = (rnd.get("codecs") or ["none"])[0]
     fb_path = Path(state_dir) / FEEDBACK_FILE
     feedback = ErrorFeedback.load(fb_path) if fb_path.exists() and codec != "none" else ErrorFeedback()
@@ -86,7 +91,7 @@ def participate(api: FleetClient, device_id: str, key: SigningKey, state_dir: st
         fb_path.parent.mkdir(parents=True, exist_ok=True)
         feedback.save(fb_path)  # only once the server counted it: a lost upload is retried from the same residual
     out = {"status": "uploaded" if status == 200 else "rejected", "round_id": rid, "bytes": len(blob),
-           "num_samples": upd.num_samples, "metrics": upd.metrics}
+           "num_samples": upd.num_samples, "metrics": upd.metrics, "train_s": train_s, "codec": codec}
     if status != 200:
         out["reason"] = body.get("reason")
     return out
