@@ -47,3 +47,18 @@ TINY_IO = {
 }
 
 
+
+
+def onnx_linear(W: np.ndarray, b: np.ndarray) -> bytes:
+    """logits = x @ W + b on 64 digit pixels, with W and b as raw-data initializers (patchable by
+    parameter updates). tests/rounds/conftest.py has its own copy; it can import this one."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["logits"])],
+        "digits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(W.astype(np.float32), "W"), numpy_helper.from_array(b.astype(np.float32), "b")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
