@@ -132,7 +132,7 @@ def _register_errors(app: Flask) -> None:
         status = _status_for(e)
         if status >= 500:
             log.error("server error: %s", e.one_line())
-        return jsonify(_error_body(e)), status
+        return jsonify(_error_body(e)), status, getattr(e, "headers", None) or {}
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(e: RequestEntityTooLarge):  # type: ignore[no-untyped-def]
@@ -184,6 +184,7 @@ def create_app(config: FleetConfig | None = None, *, storage: Storage | None = N
         ConfigError: no secret key, or a database that is not initialised / has another schema.
     """
     from . import (
+        _audit,
         _bp_admin,
         _bp_device,
         _bp_releases,
@@ -219,6 +220,7 @@ def create_app(config: FleetConfig | None = None, *, storage: Storage | None = N
 
     _register_errors(app)
     _register_hooks(app, fleet)
+    _audit.register(app, fleet)
     if config.tick_interval_s > 0:
         stop = threading.Event()
         threading.Thread(target=_ticker, args=(fleet, stop), name="rollout-ticker", daemon=True).start()

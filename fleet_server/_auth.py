@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from edgepack import PublicKey
 from edgepack._device_auth import parse_headers, verify_request
 
+from . import _ratelimit as ratelimit
 from ._errors import AuthError, ForbiddenError, UnknownDeviceError
 from ._http import fleet
 from ._models import AdminToken, Device, Nonce
@@ -68,11 +69,16 @@ def require_admin(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        row = admin_for_token(token.strip()) if scheme.lower() == "bearer" else None
+        row = None
+        if scheme.lower() == "bearer":  # only a presented token is a guess worth counting (_ratelimit)
+            ratelimit.check(fleet(), "admin")
+            row = admin_for_token(token.strip())
+            if row is None:
+                ratelimit.record_failure(fleet(), "admin")
         if row is None:
             raise AuthError("a valid admin token is required", where="Authorization",
                             hint="send 'Authorization: Bearer <token>'; 'edgepack fleet init' prints the first one")
-        g.admin = row.name
+        g.admin, g.admin_id = row.name, row.id
         return fn(*args, **kwargs)
     return wrapper  # type: ignore[return-value]
 

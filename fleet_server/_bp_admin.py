@@ -185,3 +185,18 @@ def ack_alert(alert_id: int):  # type: ignore[no-untyped-def]
             raise NotFoundError(f"no alert {alert_id}")
         a.acknowledged_at = a.acknowledged_at or time.time()
     return jsonify({"id": alert_id, "acknowledged": True, "by": g.admin})
+
+
+@bp.get("/audit")
+@require_admin
+def audit():  # type: ignore[no-untyped-def]
+    """The audit log, newest first: ``?actor=&action=&page=&per_page=`` (at most 500 a page)."""
+    from ._audit import entry_dict, page
+
+    a = request.args
+    page_no = int(a["page"]) if a.get("page", "").isdigit() else 1
+    per_page = min(int(a["per_page"]), 500) if a.get("per_page", "").isdigit() else 100
+    with fleet().db.read() as s:
+        rows, total = page(s, actor=a.get("actor") or None, action=a.get("action") or None,
+                           page_no=max(1, min(page_no, 1_000_000)), per_page=max(1, per_page))
+        return jsonify({"total": total, "page": page_no, "entries": [entry_dict(e) for e in rows]})

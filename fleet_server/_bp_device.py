@@ -13,6 +13,8 @@ from typing import Any
 from flask import Blueprint, jsonify
 from sqlalchemy import select, update
 
+from . import _ratelimit as ratelimit
+from ._audit import record
 from ._auth import authenticate_device, hash_token
 from ._errors import AuthError, BadRequestError, ConflictError
 from ._http import check_name, fleet, json_body, opt, tags_of
@@ -28,7 +30,15 @@ _MAX_DATA_KEYS = 64
 
 @bp.post("/enroll")
 def enroll():  # type: ignore[no-untyped-def]
-    doc = json_body()
+    ratelimit.check(fleet(), "enroll")
+    try:
+        return _enroll(json_body())
+    except AuthError:
+        ratelimit.record_failure(fleet(), "enroll")  # a wrong token is a guess; counted per client IP
+        raise
+
+
+def _enroll(doc: dict[str, Any]):  # type: ignore[no-untyped-def]
     token = opt(doc, "token", str, required=True)
     public_key = opt(doc, "public_key", str, required=True).lower()
     if len(public_key) != 64 or any(c not in "0123456789abcdef" for c in public_key):
@@ -54,6 +64,8 @@ def enroll():  # type: ignore[no-untyped-def]
         group = s.get(Group, et.group_id)
         s.add(Device(id=device_id, name=name, public_key=public_key, group_id=group.id,
                      tags={**et.tags, **tags}, desired_release_id=group.current_release_id, enrolled_at=now))
+        record(s, f"device:{device_id}", "device.enroll", f"device:{device_id}", f"enrolled into group {group.name}",
+               {"group": group.name, "name": name, "enrollment_token_id": et.id}, at=now)
     return jsonify({"device_id": device_id, "group": group.name, "poll_after_s": f.config.poll_after_s}), 201
 
 

@@ -14,9 +14,11 @@ import time
 from collections import Counter
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 from sqlalchemy import func, select
 
+from . import _ratelimit as ratelimit
+from ._audit import entry_dict, page, record
 from ._auth import admin_for_token, dashboard_admin, hash_token
 from ._bp_admin import device_dict
 from ._errors import ApiError
@@ -62,6 +64,8 @@ def login_required(fn):  # type: ignore[no-untyped-def]
             return redirect(url_for("dashboard.login", next=request.path))
         if request.method == "POST":
             _check_csrf()
+            # the audit hook (_audit.register) records every POST that got this far, with this actor
+            g.dashboard_admin, g.dashboard_admin_id = dashboard_admin(), session.get("admin_id")
         return fn(*a, **kw)
     return wrapper
 
@@ -71,13 +75,23 @@ def login():  # type: ignore[no-untyped-def]
     error = None
     if request.method == "POST":
         _check_csrf()
+        f = fleet()
+        wait = ratelimit.blocked_for(f, "login", ratelimit.client_ip())
+        if wait:  # refused before the token is even looked at: a locked-out guesser learns nothing
+            return (render_template("login.html", error=f"Too many failed logins from your address. "
+                                                        f"Try again in {wait} seconds.", locked=True),
+                    429, {"Retry-After": str(wait)})
         row = admin_for_token(request.form.get("token", "").strip())
         if row is None:
+            ratelimit.record_failure(f, "login")
             error = "That admin token is not valid."
         else:
             session.clear()
             session["admin_id"], session["admin_hash"] = row.id, hash_token(request.form["token"].strip())
             csrf_token()
+            with f.db.write() as s:
+                record(s, f"dashboard:{row.name}#{row.id}", "dashboard.login", f"admin-token:{row.id}",
+                       "logged in to the dashboard", {"client": ratelimit.client_ip()})
             nxt = request.args.get("next", "/")
             return redirect(nxt if nxt.startswith("/") and not nxt.startswith("//") else "/")
     return render_template("login.html", error=error), (401 if error else 200)
@@ -192,3 +206,21 @@ def ack(alert_id: int):  # type: ignore[no-untyped-def]
         if a is not None and a.acknowledged_at is None:
             a.acknowledged_at = time.time()
     return redirect(url_for("dashboard.alerts"))
+
+
+AUDIT_PER_PAGE = 50
+
+
+@bp.get("/audit")
+@login_required
+def audit():  # type: ignore[no-untyped-def]
+    actor = request.args.get("actor", "").strip()[:200] or None
+    action = request.args.get("action", "").strip()[:64] or None
+    page_no = int(request.args["page"]) if request.args.get("page", "").isdigit() else 1
+    page_no = max(1, min(page_no, 1_000_000))
+    with fleet().db.read() as s:
+        rows, total = page(s, actor=actor, action=action, page_no=page_no, per_page=AUDIT_PER_PAGE)
+        entries = [entry_dict(e) for e in rows]
+    pages = max(1, -(-total // AUDIT_PER_PAGE))
+    return render_template("audit.html", entries=entries, total=total, page=page_no, pages=pages,
+                           actor=actor or "", action=action or "")

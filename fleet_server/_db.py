@@ -23,7 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgepack import ConfigError
 
+from . import _models_audit, _models_rounds  # noqa: F401  (their tables join Base.metadata for create_all)
+from ._audit import install_triggers, record
 from ._models import SCHEMA_VERSION, Base, Meta
+
+#: older schema versions this release upgrades in place (``create_schema``); anything else is refused
+UPGRADABLE = ("1",)
 
 __all__ = ["Database"]
 
@@ -79,27 +84,42 @@ class Database:
         return (head.split(":")[0] + "://***@" + tail) if sep else self.url
 
     def create_schema(self) -> None:
-        """Create missing tables and record the schema version.
+        """Create missing tables and triggers, upgrade a known older schema, record the version.
+
+        The only migration so far (1 -> 2) is additive: ``create_all`` creates the
+        new tables, the audit triggers are installed, and the upgrade itself is the
+        first audit row. No alembic: see docs/fleet.md ("Schema versions").
 
         Raises:
-            ConfigError: if the database holds a different schema version (a migration is needed).
+            ConfigError: if the database holds a schema version this release cannot upgrade.
         """
         Base.metadata.create_all(self.engine)
         with self.write() as s:
+            install_triggers(s)
             row = s.get(Meta, "schema_version")
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif row.value in UPGRADABLE:
+                record(s, "system", "schema.upgrade", "database", f"schema {row.value} -> {SCHEMA_VERSION}",
+                       {"from": int(row.value), "to": SCHEMA_VERSION})
+                row.value = str(SCHEMA_VERSION)
             elif row.value != str(SCHEMA_VERSION):
                 raise ConfigError(f"the database has schema version {row.value}; this server needs {SCHEMA_VERSION}",
-                                  where=self.safe_url, hint="run the migration for this release first")
+                                  where=self.safe_url, hint="use the edgepack release that matches this database")
 
-    def check_schema(self) -> None:
-        """Raises ConfigError unless the database was initialised with this schema version."""
+    def check_schema(self, *, upgrade: bool = True) -> None:
+        """Raises ConfigError unless the database was initialised with this schema version.
+
+        With ``upgrade`` (the default), a known older version is upgraded in place first.
+        """
         try:
             with self.read() as s:
                 value = s.scalar(select(Meta.value).where(Meta.key == "schema_version"))
         except SQLAlchemyError:
             value = None  # no meta table: never initialised
+        if upgrade and value in UPGRADABLE:
+            self.create_schema()
+            value = str(SCHEMA_VERSION)
         if value != str(SCHEMA_VERSION):
             raise ConfigError("the database is not initialised or has another schema version",
                               where=self.safe_url, hint="run 'edgepack fleet init'")

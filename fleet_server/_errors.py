@@ -19,6 +19,7 @@ __all__ = [
     "ForbiddenError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RateLimitedError",
     "RolloutStateError",
     "UnknownDeviceError",
 ]
@@ -35,6 +36,9 @@ class ApiError(FleetError):
         if status_code is not None:
             self.status_code = status_code
         self.error_name = error or type(self).__name__
+
+    #: extra response headers (for example Retry-After on a 429)
+    headers: dict[str, str] = {}
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"error": self.error_name, "message": self.message, "hint": self.hint}
@@ -83,3 +87,17 @@ class PayloadTooLargeError(ApiError):
     """The request body is over the configured size limit (HTTP 413)."""
 
     status_code = 413
+
+
+class RateLimitedError(ApiError):
+    """Too many failed attempts from one client in the current window (HTTP 429, with Retry-After)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int, where: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, where=where, hint=hint)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "retry_after": self.retry_after}

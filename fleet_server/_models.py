@@ -39,8 +39,9 @@ __all__ = [
     "RolloutEvent",
 ]
 
-#: bump when a table changes; the server refuses to start on a different one (see docs/fleet.md, migrations)
-SCHEMA_VERSION = 1
+#: bump when a table changes; the server refuses to start on a different one (see docs/fleet.md, migrations).
+#: 2 added audit_log (with its append-only triggers) and rate_limits; ``Database.create_schema`` upgrades 1 -> 2.
+SCHEMA_VERSION = 2
 
 
 def now() -> float:

@@ -115,6 +115,7 @@ def _init(args: argparse.Namespace) -> int:
 
         root = create_tuf(inst, args.tuf_root_key, args.tuf_threshold, groups)
     token = create_admin_token(db, "admin")
+    _cli_audit(db, "cli.init", f"instance:{inst.name}", "created with 'edgepack fleet init'", {"groups": groups})
     db.dispose()
     emit(args, {"instance": str(inst), "admin_token": token, "database": db.safe_url,
                 "tuf_root": str(root) if root else None},

@@ -14,7 +14,7 @@ def _csrf_of(html: str) -> str:
     return m.group(1)
 
 
-DASHBOARD_GET = ["/login", "/", "/devices", "/alerts", "/rounds"]
+DASHBOARD_GET = ["/login", "/", "/devices", "/alerts", "/rounds", "/audit"]
 
 
 def _dashboard_post_rules(app):

@@ -38,6 +38,15 @@ class _Http:
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
+    def call_h(self, method: str, path: str, body: bytes | None = None, headers=None):
+        """Like ``call``, plus the response headers."""
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read(), r.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers
+
 
 @pytest.fixture
 def served(tmp_path, trust_file):
@@ -142,22 +151,34 @@ def _login_form(http: _Http) -> tuple[str, str]:
     return cookie, token
 
 
-@pytest.mark.xfail(strict=True, reason="rate limiting not implemented (issue 8 item 6)")
 def test_repeated_failed_logins_from_one_client_are_rate_limited_with_429(served):
-    _, http, _ = served
+    app, http, _ = served
+    from fleet_server._bp_admin import create_admin_token
+
+    real = create_admin_token(app.extensions["edgepack_fleet"].db, "rl-admin")
+    limit = app.extensions["edgepack_fleet"].config.login_failure_limit
     cookie, csrf = _login_form(http)
-    codes = [http.call("POST", "/login", f"token=epa_wrong{i}&csrf_token={csrf}".encode(),
-                       {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})[0]
+    form = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    codes = [http.call("POST", "/login", f"token=epa_wrong{i}&csrf_token={csrf}".encode(), form)[0]
              for i in range(50)]
     assert set(codes[:3]) == {401}, codes[:3]  # wrong tokens are refused to begin with
-    assert 429 in codes, "50 wrong admin tokens in a row were never slowed down"
+    assert codes[:limit] == [401] * limit and set(codes[limit:]) == {429}, codes
+    # once locked out, even the right token is refused: a guesser cannot tell a hit from a miss
+    st, body, headers = http.call_h("POST", "/login", f"token={real}&csrf_token={csrf}".encode(), form)
+    assert st == 429 and int(headers["Retry-After"]) > 0
+    assert "Too many failed logins" in body.decode() and headers["Content-Type"].startswith("text/html")
 
 
-@pytest.mark.xfail(strict=True, reason="rate limiting not implemented (issue 8 item 6)")
 def test_repeated_failed_enrollments_from_one_client_are_rate_limited_with_429(served):
-    _, http, _ = served
+    app, http, _ = served
+    limit = app.extensions["edgepack_fleet"].config.enroll_failure_limit
     codes = [http.call("POST", "/api/v1/enroll",
                        json.dumps({"token": f"ept_guess{i}", "public_key": "ab" * 32}).encode(),
                        {"Content-Type": "application/json"})[0] for i in range(50)]
     assert set(codes[:3]) == {401}, codes[:3]
-    assert 429 in codes, "50 guessed enrollment tokens in a row were never slowed down"
+    assert codes[:limit] == [401] * limit and set(codes[limit:]) == {429}, codes
+    st, body, headers = http.call_h("POST", "/api/v1/enroll", json.dumps({"token": "ept_x", "public_key": "ab" * 32})
+                                    .encode(), {"Content-Type": "application/json"})
+    doc = json.loads(body)
+    assert st == 429 and doc["error"] == "RateLimitedError" and 0 < int(headers["Retry-After"]) <= 60
+    assert doc["retry_after"] == int(headers["Retry-After"])
