@@ -20,7 +20,7 @@ class FlRequestError(FleetError):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    fl = sub.add_parser("fl", help="federated rounds: start, status, history",
+    fl = sub.add_parser("fl", help="federated rounds: start, status, history, simulate",
                         description="Start and follow federated rounds on a fleet server.",
                         epilog="Example:\n  edgepack fl start --server http://127.0.0.1:8080 --model digits "
                                "--base-version 1 --params W,b --min-clients 4 --deadline-s 600",
@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(hi)
     hi.add_argument("--model", default=None)
     hi.set_defaults(func=_history)
+
+    from ._fl_simulate import add_simulate
+
+    add_simulate(fsub)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
