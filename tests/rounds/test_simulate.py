@@ -10,12 +10,13 @@ import urllib.request
 
 import pytest
 
-# Measured on the shared 2-core machine (seed 0, 3 devices x 3 rounds, int8 updates, 30 local epochs):
-# 0.6976 (first model) -> 0.7885 -> 0.8664 -> 0.8961. The margins below are about half of what
-# real training gives, so a run where the rounds stop helping (no training, a broken average,
-# nothing promoted) fails, while the stochastic int8 rounding does not make the test flaky.
-GAIN_OVER_FIRST_MODEL = 0.10
-GAIN_OVER_FIRST_ROUND = 0.05
+# Measured on the shared 2-core machine (seed 0, 3 devices x 3 rounds, int8 updates, 30 local epochs),
+# three runs: first model 0.6976, then 0.7885-0.7904 -> 0.8664-0.8683 -> 0.8961 (the int8 rounding is
+# stochastic). Real training gives +0.199 over the first model and +0.106 over round 1; the margins
+# leave room for that noise only, so rounds that stop helping (no training, a broken average, nothing
+# promoted) fail.
+GAIN_OVER_FIRST_MODEL = 0.15
+GAIN_OVER_FIRST_ROUND = 0.08
 
 
 @pytest.mark.slow
@@ -76,3 +77,38 @@ def test_simulate_refuses_a_non_empty_out_directory(edgepack_cli, tmp_path):
     code, _, err = edgepack_cli("fl", "simulate", "--out", tmp_path)
     assert code == 2 and "not empty" in err
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_simulate_serve_keeps_the_dashboard_up_until_ctrl_c_then_stops_the_server(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgepack", "fl", "simulate", "--devices", "1", "--rounds", "1",
+                             "--serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EDGEPACK_NO_PROGRESS": "1"})
+    try:
+        line = ""
+        for line in proc.stderr:
+            if line.startswith("dashboard:"):
+                break
+        url = re.search(r"(http://127\.0\.0\.1:\d+)/rounds/(r-[0-9a-f]+)", line)
+        assert url, line
+        with urllib.request.urlopen(url.group(1) + "/healthz", timeout=5) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(url.group(0), timeout=5) as r:  # the round page, behind the login
+            assert "/login" in r.url
+        token_file = re.search(r"admin token in ([^);\s]+)", line).group(1)
+        assert os.stat(token_file).st_mode & 0o077 == 0
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "global accuracy" in out
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url.group(1) + "/healthz", timeout=2)
+    assert not os.path.exists(token_file)  # the temp fleet is removed
