@@ -173,8 +173,8 @@ def verify_request(public_key: PublicKey, headers: Mapping[str, str] | Any, meth
                                          "with the key registered at enrollment")
     now_s = time.time() if now is None else now
     if abs(now_s - h.timestamp) > max_skew:
-        raise ClockSkewError(f"request timestamp is {int(now_s - h.timestamp)} s from the server clock "
-                             f"(limit {max_skew} s)", where=HEADER_TIMESTAMP,
+        raise ClockSkewError(f"clock skew: the request timestamp is {round(h.timestamp - now_s):+d} s off the "
+                             f"server clock (limit ±{max_skew} s)", where=HEADER_TIMESTAMP,
                              hint="sync the device clock (NTP) and sign a fresh request")
     if seen_nonce(h.nonce, h.timestamp):
         raise ReplayError("this nonce was already used: the request is a replay", where=HEADER_NONCE,

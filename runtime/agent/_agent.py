@@ -70,7 +70,8 @@ class Agent:
         self.trust = trust
         self.state = AgentState.load(self.dir)
         self.state.server = server_url
-        self.api = FleetClient(server_url, timeout=self.config.timeout_s)
+        self.api = FleetClient(server_url, timeout=self.config.timeout_s,
+                               max_clock_correction_s=self.config.max_clock_correction_s)
         self.tuf = TufClient(self.dir, server_url, pinned_root, timeout=self.config.timeout_s, auth=self._auth)
         self.outbox = Outbox(self.dir / "outbox")
         self.rng = rng or random.Random()
@@ -98,7 +99,7 @@ class Agent:
     def _auth(self, method: str, path: str) -> dict[str, str]:
         if not self.state.device_id:
             return {}
-        return sign_request(self._key(), self.state.device_id, method, path, b"")
+        return sign_request(self._key(), self.state.device_id, method, path, b"", now=self.api.now())
 
     def enroll(self, token: str, name: str, tags: dict[str, str] | None = None) -> str:
         """Register this device's key with a one-time enrollment token; return the device id.

@@ -26,6 +26,12 @@ class AgentConfig:
     OS and re-read at every check-in) gives the eligibility facts it reports; a round
     is not started with less than ``fl_min_time_s`` (or twice the last training
     time) left before its deadline; ``fl_epochs`` is the local training length.
+
+    Clock skew: when the server refuses a signed request as outside its clock window
+    (``ClockSkewError``), the agent signs later requests with the server's time (from
+    its ``Date`` header) if the two clocks differ by at most ``max_clock_correction_s``.
+    Only request timestamps use it; TUF and bundle expiry always use the device's own
+    clock, so a forged Date header can never make expired metadata look fresh.
     """
 
     poll_interval_s: float = 60.0
@@ -38,6 +44,8 @@ class AgentConfig:
     conditions_file: str | None = None
     fl_min_time_s: float = 5.0
     fl_epochs: int = 30
+    #: the largest device-clock error corrected from the server's Date header (0: never correct)
+    max_clock_correction_s: float = 86400.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter < 1:
@@ -46,6 +54,8 @@ class AgentConfig:
                   "fl_min_time_s", "fl_epochs"):
             if getattr(self, f) <= 0:
                 raise ConfigError(f"{f} must be > 0", where=f"AgentConfig.{f}")
+        if self.max_clock_correction_s < 0:
+            raise ConfigError("max_clock_correction_s must be >= 0", where="AgentConfig.max_clock_correction_s")
         if self.backoff_max_s < self.backoff_base_s:
             raise ConfigError("backoff_max_s must be >= backoff_base_s", where="AgentConfig.backoff_max_s")
 

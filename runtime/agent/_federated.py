@@ -101,7 +101,7 @@ def _post_blob(api: FleetClient, key: SigningKey, device_id: str, path: str, blo
     import json
 
     headers = {"Content-Type": "application/octet-stream", "Accept": "application/json",
-               **sign_request(key, device_id, "POST", api._prefix + path, blob)}
+               **sign_request(key, device_id, "POST", api._prefix + path, blob, now=api.now())}
     try:
         with open_url(api.base + path, headers, timeout=api.timeout, method="POST", body=blob) as resp:
             return resp.status, json.loads(resp.read(1 << 20) or b"{}")

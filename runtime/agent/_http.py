@@ -8,8 +8,11 @@ calls keeps timeouts and error mapping in one place.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import logging
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,6 +30,7 @@ from ._errors import ServerRefusedError, ServerUnreachableError
 __all__ = ["Auth", "FleetClient", "UrllibFetcher", "auth_headers", "open_url"]
 
 USER_AGENT = "edgepack-agent/1"
+log = logging.getLogger("edgepack.agent")
 
 #: (method, path with query) -> headers that authenticate the request as this device
 Auth = Callable[[str, str], dict[str, str]]
@@ -92,10 +96,23 @@ class UrllibFetcher(FetcherInterface):
             resp.close()
 
 
-class FleetClient:
-    """The fleet server's device API, with every request signed by the device key."""
+def _server_time(e: urllib.error.HTTPError) -> float | None:
+    try:
+        return email.utils.parsedate_to_datetime(e.headers.get("Date", "")).timestamp()
+    except (TypeError, ValueError):
+        return None
 
-    def __init__(self, server_url: str, *, timeout: float = 15.0, max_response_bytes: int = 1 << 20) -> None:
+
+class FleetClient:
+    """The fleet server's device API, with every request signed by the device key.
+
+    ``clock`` is the device's clock; ``now()`` adds ``clock_offset_s``, which a
+    ``ClockSkewError`` refusal sets from the server's ``Date`` header (at most
+    ``max_clock_correction_s``; see ``AgentConfig``) before the request is retried once.
+    """
+
+    def __init__(self, server_url: str, *, timeout: float = 15.0, max_response_bytes: int = 1 << 20,
+                 max_clock_correction_s: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         parts = urllib.parse.urlsplit(server_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ServerRefusedError(f"bad server URL {server_url!r}", where="--server",
@@ -104,6 +121,25 @@ class FleetClient:
         self._prefix = parts.path.rstrip("/")
         self.timeout = timeout
         self.max_response_bytes = max_response_bytes
+        self.max_clock_correction_s = max_clock_correction_s
+        self.clock = clock
+        self.clock_offset_s = 0.0
+
+    def now(self) -> float:
+        """The time to sign requests with: the device clock, corrected by the last skew refusal."""
+        return self.clock() + self.clock_offset_s
+
+    def _learn_offset(self, e: urllib.error.HTTPError, detail: str) -> bool:
+        """After a ClockSkewError refusal, adopt the server's clock if it is within bounds."""
+        server = _server_time(e)
+        if e.code != 401 or "ClockSkewError" not in detail or server is None:
+            return False
+        offset = server - self.clock()
+        if abs(offset) > self.max_clock_correction_s or abs(offset - self.clock_offset_s) < 2:
+            return False
+        log.warning("device clock is %+.0f s off the server's; signing requests with the server's time", -offset)
+        self.clock_offset_s = offset
+        return True
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
              key: SigningKey | None = None, device_id: str | None = None) -> tuple[int, Any]:
@@ -111,23 +147,30 @@ class FleetClient:
 
         Raises:
             ServerUnreachableError: the server cannot be reached.
-            ServerRefusedError: it answered 4xx/5xx (the JSON error is in the message).
+            ServerRefusedError: it answered 4xx/5xx (the JSON error is in the message; a clock
+                outside the server's window says ``ClockSkewError``).
         """
         data = json.dumps(body, sort_keys=True).encode() if body is not None else b""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
+        return self._call(method, path, data, headers, body is not None, key, device_id, retry=True)
+
+    def _call(self, method: str, path: str, data: bytes, headers: dict[str, str], has_body: bool,
+              key: SigningKey | None, device_id: str | None, *, retry: bool) -> tuple[int, Any]:
         if key is not None and device_id is not None:
-            headers.update(sign_request(key, device_id, method, self._prefix + path, data))
+            headers = {**headers, **sign_request(key, device_id, method, self._prefix + path, data, now=self.now())}
         url = self.base + path
         try:
             with open_url(url, headers, timeout=self.timeout, method=method,
-                          body=data if body is not None else None) as resp:
+                          body=data if has_body else None) as resp:
                 raw = resp.read(self.max_response_bytes + 1)
                 status = resp.status
         except urllib.error.HTTPError as e:
             detail = e.read(4096).decode("utf-8", "replace")
             e.close()
+            if retry and key is not None and self._learn_offset(e, detail):
+                return self._call(method, path, data, headers, has_body, key, device_id, retry=False)
             try:
                 doc = json.loads(detail)
                 msg = f"{doc.get('error', 'error')}: {doc.get('message', '')}"
