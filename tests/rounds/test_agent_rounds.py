@@ -18,6 +18,13 @@ ALL_TRUE = {"charging": True, "idle": True, "wifi": True}
 
 
 @pytest.fixture
+def database_url(tmp_path):
+    """SQLite only: these tests are about the agent; the rounds' database behaviour (both SQLite and
+    PostgreSQL) is covered by test_rounds_api.py and test_round_rollout.py."""
+    return f"sqlite:///{tmp_path / 'fleet.db'}"
+
+
+@pytest.fixture
 def live(federated_key, app, admin, fleet):
     from werkzeug.serving import make_server
 
