@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._keys import SigningKey
+
 __all__ = ["Splits", "digits_bundle", "initial_weights", "linear_onnx", "split_digits"]
 
 
@@ -90,7 +92,7 @@ def linear_onnx(W: np.ndarray, b: np.ndarray) -> bytes:
     return m.SerializeToString()
 
 
-def digits_bundle(W: np.ndarray, b: np.ndarray, key: object, path: Path, golden_x: np.ndarray) -> Path:
+def digits_bundle(W: np.ndarray, b: np.ndarray, key: SigningKey, path: Path, golden_x: np.ndarray) -> Path:
     """A signed ``digits`` v1 bundle with golden data (a device's health check runs it).
 
     Raises:
