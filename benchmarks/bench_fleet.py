@@ -51,6 +51,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgepack import BundleBuilder, SigningKey, Trust, generate_key, save_key_pair
 from edgepack._device_auth import sign_request
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _checkin_load import WRK, presign_heartbeats, run_python, run_wrk  # noqa: E402
+
 CLI = [sys.executable, "-c", "import sys; from edgepack.cli import main; sys.exit(main())"]
 HB_BODY = b'{"active_version": 1, "state": {"charging": true, "idle": true, "wifi": true}}'
 
@@ -94,38 +97,74 @@ def _register(args: tuple[int, str, list[str]]) -> tuple[list[tuple[str, str, st
 
 
 # ---- B: check-ins ---------------------------------------------------------------------------
-def _checkins(args: tuple[int, list[tuple[str, str]], int, float]) -> tuple[list[float], int, float]:
-    port, devices, threads, seconds = args
-    keys = [(did, _key(bytes.fromhex(seed))) for did, seed in devices]  # pre-computed keys, fresh signatures
-    lat: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
+def _enroll_direct(inst: Path, n: int, rollout: int) -> list[tuple[str, str, str]]:
+    """--checkin-only: write ``n`` enrolled devices straight into the database (the rows
+    ``POST /api/v1/enroll`` creates), in one transaction, so the check-in phase runs on its own."""
+    import secrets
 
-    def run(tid: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        mine, n, local = keys[tid::threads], 0, []
-        while time.perf_counter() < deadline and n < 1_000_000:
-            did, key = mine[n % len(mine)]
-            n += 1
-            path = f"/api/v1/devices/{did}/heartbeat"
-            t0 = time.perf_counter()
-            h = {"Content-Type": "application/json", **sign_request(key, did, "POST", path, HB_BODY)}
-            st, _ = _call(conn, "POST", path, HB_BODY, h)
-            local.append(time.perf_counter() - t0)
-            if st != 200:
-                with lock:
-                    errors[0] += 1
-        with lock:
-            lat.extend(local)
+    from sqlalchemy import insert, select
 
-    c0 = time.process_time()
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return lat, errors[0], time.process_time() - c0
+    from fleet_server import load_config
+    from fleet_server._db import Database
+    from fleet_server._models import Device, Group
+
+    db = Database(load_config(inst).db_url)
+    out, rows, now = [], [], time.time()
+    with db.write() as s:
+        groups = {g.name: g.id for g in s.scalars(select(Group))}
+        for i in range(n):
+            seed, grp, did = os.urandom(32), "rollout" if i < rollout else "default", "d-" + secrets.token_hex(8)
+            rows.append({"id": did, "name": "device", "public_key": _key(seed).public.raw.hex(), "tags": {},
+                         "group_id": groups[grp], "status": "active", "enrolled_at": now, "state": {}})
+            out.append((did, seed.hex(), grp))
+        s.execute(insert(Device), rows)
+    db.dispose()
+    return out
+
+
+def _checkin_phase(a: argparse.Namespace, port: int, master: int, pairs: list[tuple[str, str]],
+                   tmp: Path) -> dict[str, Any]:
+    """Pre-sign, then send for ``--checkin-seconds`` with wrk (or the Python fallback); server CPU from /proc."""
+    client = a.client if a.client != "auto" else ("wrk" if WRK else "python")
+    if client == "wrk" and not WRK:
+        raise SystemExit("wrk is not installed: 'sudo apt-get install wrk' (or 'make system-deps'), "
+                         "or pass --client python (costs more client CPU on the server's cores)")
+    if client == "python":
+        print("note: using the Python fallback client (no wrk): it competes harder for the server's cores",
+              file=sys.stderr)
+    req_dir = tmp / "reqs"
+    req_dir.mkdir(exist_ok=True)
+    parts = a.wrk_threads if client == "wrk" else a.procs
+    n, sign_s = presign_heartbeats(pairs, int(a.max_rate * a.checkin_seconds), parts, port, req_dir)
+    print(json.dumps({"B_presigned": n, "seconds": round(sign_s, 1)}), flush=True)
+    load0, cpu0 = os.getloadavg(), _worker_cpu(master)
+    if client == "wrk":
+        r = run_wrk(port, req_dir, a.wrk_threads, a.connections, a.checkin_seconds)
+    else:
+        r = run_python(port, req_dir, a.procs, a.connections, a.checkin_seconds)
+    cpu = _worker_cpu(master) - cpu0
+    shutil.rmtree(req_dir, ignore_errors=True)
+    done, wall = r["requests"], r["wall_s"]
+    errors = r["non200"] + r["errors_connect"] + r["errors_read"] + r["errors_write"] + r["errors_timeout"]
+    server_ms, client_ms = cpu / done * 1000, r["client_cpu_s"] / done * 1000
+    return {"client": client, "connections": a.connections, "requests": done, "errors": errors,
+            "ran_out_of_presigned": r["ran_out_threads"], "seconds": round(wall, 1), "per_s": round(done / wall),
+            "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
+            "server_cpu_ms_per_req": round(server_ms, 3), "client_cpu_ms_per_req": round(client_ms, 3),
+            "server_cpu_share_of_2_cores": round(cpu / wall / 2, 2),
+            "client_cpu_share_of_2_cores": round(r["client_cpu_s"] / wall / 2, 2),
+            "projected_per_s_on_2_free_cores": round(2000 / (server_ms + client_ms)),
+            "loadavg_before": load0, "loadavg_after": os.getloadavg()}
+
+
+def _summary(b: dict[str, Any], a: argparse.Namespace) -> str:
+    ok = b["per_s"] >= 1000 and b["p99_ms"] < 100 and b["errors"] == 0
+    return (f"SUMMARY check-ins: {b['per_s']}/s, p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms, errors {b['errors']}"
+            f" of {b['requests']} | server CPU {b['server_cpu_ms_per_req']} ms/check-in, client ({b['client']}) "
+            f"{b['client_cpu_ms_per_req']} ms | projected on 2 free cores {b['projected_per_s_on_2_free_cores']}/s"
+            f" | loadavg {b['loadavg_before'][0]:.2f} -> {b['loadavg_after'][0]:.2f} | "
+            f"workers {a.workers} x {a.server_threads} threads | target >=1000/s p99<100ms: "
+            f"{'MET' if ok else 'MISSED'}")
 
 
 def _worker_cpu(master: int) -> float:
@@ -334,16 +373,75 @@ def _rollout(port: int, admin: str, pool: Any, rel_id: int, kind: str, url: str,
     return r
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def _rollout_phase(port: int, admin: str, pool: Any, url: str, tmp: Path, inst: Path, release_key: SigningKey,
+                   devices: list[tuple[str, str, str]], root: bytes, a: argparse.Namespace) -> dict[str, Any]:
+    """C: a 5 MB release, then the fine-tuned parameter update with and without its delta."""
+    from edgepack import load_signing_key
+
+    m = _models(tmp, release_key, load_signing_key(inst / "tuf" / "federated.key"))
+    rel = _admin(port, admin, "POST", "/api/v1/admin/releases", m["bundle"].read_bytes(), "application/octet-stream")
+    rdevs = [(d, s) for d, s, g in devices if g == "rollout"]
+    r1 = _rollout(port, admin, pool, rel["id"], "bundle", url, tmp, rdevs, root, a.procs, a.threads)
+    body, ctype = _multipart({"update": m["whole"], "delta": m["delta"]})
+    prel = _admin(port, admin, "POST", f"/api/v1/admin/releases/{rel['id']}/params", body, ctype)
+    r2 = _rollout(port, admin, pool, prel["id"], "params", url, tmp, rdevs, root, a.procs, a.threads)
+    nd, nf = r2["deltas"], r2["ok"] - r2["deltas"]
+    return {
+        "devices": len(rdevs), "bundle_bytes": rel["size"], "epu_whole_bytes": len(m["whole"]),
+        "epu_delta_bytes": len(m["delta"]),
+        "bundle": {"ok": r1["ok"], "errors": len(r1["errors"]), "first_errors": r1["errors"][:3],
+                   "wall_s": round(r1["wall_s"], 1), "MB_sent": round(r1["bytes"] / 1e6, 1),
+                   "device_p50_s": round(float(np.median(r1["total_s"])), 3) if r1["total_s"] else None,
+                   "rollout_state": r1["rollout_state"]},
+        "params": {"ok": r2["ok"], "errors": len(r2["errors"]), "first_errors": r2["errors"][:3],
+                   "wall_s": round(r2["wall_s"], 1), "rollout_state": r2["rollout_state"], "devices_delta": nd,
+                   "devices_full": nf, "MB_sent_delta_devices": round(r2["bytes_delta"] / 1e6, 2),
+                   "MB_sent_full_devices": round((r2["bytes"] - r2["bytes_delta"]) / 1e6, 2),
+                   "per_device_delta_B": round(r2["bytes_delta"] / nd) if nd else None,
+                   "per_device_full_B": round((r2["bytes"] - r2["bytes_delta"]) / nf) if nf else None},
+        "tuf_refresh_device": {"p50_ms": _pct(r1["refresh_s"] + r2["refresh_s"], 0.5),
+                               "p99_ms": _pct(r1["refresh_s"] + r2["refresh_s"], 0.99),
+                               "requests_median": float(np.median(r1["refresh_requests"] or [0])),
+                               "bytes_median": float(np.median(r1["refresh_bytes"] or [0]))},
+        "loadavg": os.getloadavg(),
+    }
+
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     ap.add_argument("--server-threads", type=int, default=4, help="threads per gunicorn worker")
-    ap.add_argument("--procs", type=int, default=2, help="client processes")
-    ap.add_argument("--threads", type=int, default=4, help="threads per client process")
+    ap.add_argument("--procs", type=int, default=2, help="client processes (registration, rollout, Python client)")
+    ap.add_argument("--threads", type=int, default=4, help="threads per client process (registration, rollout)")
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--rollout-devices", type=int, default=1_000)
     ap.add_argument("--checkin-seconds", type=float, default=20.0)
-    a = ap.parse_args()
+    ap.add_argument("--checkin-only", action="store_true",
+                    help="only phase B: devices are written straight into the database, no rollout (~1 min)")
+    ap.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
+                    help="check-in load generator (auto: wrk if installed)")
+    ap.add_argument("--connections", type=int, default=16, help="keep-alive connections for the check-in phase")
+    ap.add_argument("--wrk-threads", type=int, default=1)
+    ap.add_argument("--max-rate", type=float, default=3000.0,
+                    help="pre-signed check-ins per second of --checkin-seconds (must exceed the rate reached)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the in-process cProfile of heartbeats")
+    return ap.parse_args()
+
+
+def _wait_healthy(port: int) -> None:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(300):  # bounded wait for gunicorn
+        try:
+            if _call(c, "GET", "/healthz")[0] == 200:
+                return
+        except OSError:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        time.sleep(0.1)
+    raise RuntimeError("the server did not become healthy in 30 s")
+
+
+def main() -> None:
+    a = _args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     inst = tmp / "instance"
     release_key, root_key = generate_key(), generate_key()
@@ -354,6 +452,15 @@ def main() -> None:
                          capture_output=True, text=True, check=True)
     admin = json.loads(out.stdout)["admin_token"]
     root = (inst / "tuf/repo/metadata/1.root.json").read_bytes()
+    results: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                           "python": platform.python_version()},
+                               "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+                               "command": " ".join(sys.argv), "args": vars(a), "loadavg_start": os.getloadavg()}
+    devices: list[tuple[str, str, str]] = []
+    if a.checkin_only:
+        t0 = time.perf_counter()
+        devices = _enroll_direct(inst, a.devices, a.rollout_devices)
+        results["A_register"] = {"devices": len(devices), "direct_db_insert_s": round(time.perf_counter() - t0, 1)}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -362,80 +469,27 @@ def main() -> None:
            "--threads", str(a.server_threads)]
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 (closed when the server stops)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    results: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                           "python": platform.python_version()},
-                               "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
-                               "command": " ".join(sys.argv), "args": vars(a), "loadavg_start": os.getloadavg()}
     ctx = mp.get_context("fork")
     try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        for _ in range(300):  # bounded wait for gunicorn
-            try:
-                if _call(c, "GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                time.sleep(0.1)
+        _wait_healthy(port)
         with ctx.Pool(a.procs) as pool:
-            # A: registration
-            groups = ["rollout"] * a.rollout_devices + ["default"] * (a.devices - a.rollout_devices)
-            t0 = time.perf_counter()
-            parts = pool.map(_register, [(port, admin, groups[p::a.procs]) for p in range(a.procs)])
-            reg_s = time.perf_counter() - t0
-            devices = [d for p in parts for d in p[0]]
-            lat = [x for p in parts for x in p[1]]
-            results["A_register"] = {"devices": len(devices), "errors": sum(p[2] for p in parts),
-                                     "seconds": round(reg_s, 1), "per_s": round(len(devices) / reg_s, 1),
-                                     "p50_ms_token+enroll": _pct(lat, 0.5), "p99_ms_token+enroll": _pct(lat, 0.99),
-                                     "loadavg": os.getloadavg()}
+            if not a.checkin_only:  # A: registration over HTTP
+                groups = ["rollout"] * a.rollout_devices + ["default"] * (a.devices - a.rollout_devices)
+                t0 = time.perf_counter()
+                parts = pool.map(_register, [(port, admin, groups[p::a.procs]) for p in range(a.procs)])
+                reg_s = time.perf_counter() - t0
+                devices = [d for p in parts for d in p[0]]
+                lat = [x for p in parts for x in p[1]]
+                results["A_register"] = {"devices": len(devices), "errors": sum(p[2] for p in parts),
+                                         "seconds": round(reg_s, 1), "per_s": round(len(devices) / reg_s, 1),
+                                         "p50_ms_token+enroll": _pct(lat, 0.5),
+                                         "p99_ms_token+enroll": _pct(lat, 0.99), "loadavg": os.getloadavg()}
             print(json.dumps({"A_register": results["A_register"]}), flush=True)
-            # B: check-ins
-            pairs = [(d, s) for d, s, _ in devices]
-            cpu0, t0 = _worker_cpu(server.pid), time.perf_counter()
-            parts = pool.map(_checkins, [(port, pairs[p::a.procs], a.threads, a.checkin_seconds)
-                                         for p in range(a.procs)])
-            wall, cpu = time.perf_counter() - t0, _worker_cpu(server.pid) - cpu0
-            lat = [x for p in parts for x in p[0]]
-            n = len(lat)
-            results["B_checkins"] = {"requests": n, "errors": sum(p[1] for p in parts), "seconds": round(wall, 1),
-                                     "per_s": round(n / wall), "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99),
-                                     "server_cpu_ms_per_req": round(cpu / n * 1000, 2),
-                                     "client_cpu_ms_per_req": round(sum(p[2] for p in parts) / n * 1000, 2),
-                                     "server_cpu_share_of_2_cores": round(cpu / wall / 2, 2),
-                                     "loadavg": os.getloadavg()}
+            results["B_checkins"] = _checkin_phase(a, port, server.pid, [(d, s) for d, s, _ in devices], tmp)
             print(json.dumps({"B_checkins": results["B_checkins"]}), flush=True)
-            # C: 5 MB release, then the fine-tuned parameter update with and without its delta
-            from edgepack import load_signing_key
-
-            m = _models(tmp, release_key, load_signing_key(inst / "tuf" / "federated.key"))
-            rel = _admin(port, admin, "POST", "/api/v1/admin/releases", m["bundle"].read_bytes(),
-                         "application/octet-stream")
-            rdevs = [(d, s) for d, s, g in devices if g == "rollout"]
-            r1 = _rollout(port, admin, pool, rel["id"], "bundle", url, tmp, rdevs, root, a.procs, a.threads)
-            body, ctype = _multipart({"update": m["whole"], "delta": m["delta"]})
-            prel = _admin(port, admin, "POST", f"/api/v1/admin/releases/{rel['id']}/params", body, ctype)
-            r2 = _rollout(port, admin, pool, prel["id"], "params", url, tmp, rdevs, root, a.procs, a.threads)
-        nd, nf = r2["deltas"], r2["ok"] - r2["deltas"]
-        results["C_rollout"] = {
-            "devices": len(rdevs), "bundle_bytes": rel["size"], "epu_whole_bytes": len(m["whole"]),
-            "epu_delta_bytes": len(m["delta"]),
-            "bundle": {"ok": r1["ok"], "errors": len(r1["errors"]), "first_errors": r1["errors"][:3],
-                       "wall_s": round(r1["wall_s"], 1), "MB_sent": round(r1["bytes"] / 1e6, 1),
-                       "device_p50_s": round(float(np.median(r1["total_s"])), 3) if r1["total_s"] else None,
-                       "rollout_state": r1["rollout_state"]},
-            "params": {"ok": r2["ok"], "errors": len(r2["errors"]), "first_errors": r2["errors"][:3],
-                       "wall_s": round(r2["wall_s"], 1), "rollout_state": r2["rollout_state"], "devices_delta": nd, "devices_full": nf,
-                       "MB_sent_delta_devices": round(r2["bytes_delta"] / 1e6, 2),
-                       "MB_sent_full_devices": round((r2["bytes"] - r2["bytes_delta"]) / 1e6, 2),
-                       "per_device_delta_B": round(r2["bytes_delta"] / nd) if nd else None,
-                       "per_device_full_B": round((r2["bytes"] - r2["bytes_delta"]) / nf) if nf else None},
-            "tuf_refresh_device": {"p50_ms": _pct(r1["refresh_s"] + r2["refresh_s"], 0.5),
-                                   "p99_ms": _pct(r1["refresh_s"] + r2["refresh_s"], 0.99),
-                                   "requests_median": float(np.median(r1["refresh_requests"] or [0])),
-                                   "bytes_median": float(np.median(r1["refresh_bytes"] or [0]))},
-            "loadavg": os.getloadavg(),
-        }
-        print(json.dumps({"C_rollout": results["C_rollout"]}), flush=True)
+            if not a.checkin_only:
+                results["C_rollout"] = _rollout_phase(port, admin, pool, url, tmp, inst, release_key, devices, root, a)
+                print(json.dumps({"C_rollout": results["C_rollout"]}), flush=True)
     except BaseException:
         print((tmp / "server.log").read_text(errors="replace")[-3000:], file=sys.stderr)
         raise
@@ -443,11 +497,12 @@ def main() -> None:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
         log.close()
-    # profile after the server is gone so it does not compete for the 2 cores
-    cpu_req, prof = _profile_heartbeat(str(inst), devices)
-    results["B_profile"] = {"in_process_cpu_ms_per_heartbeat": round(cpu_req * 1000, 2)}
+    if not a.no_profile:  # after the server is gone so it does not compete for the 2 cores
+        cpu_req, prof = _profile_heartbeat(str(inst), devices)
+        results["B_profile"] = {"in_process_cpu_ms_per_heartbeat": round(cpu_req * 1000, 3)}
+        print(prof)
     print(json.dumps(results, indent=1))
-    print(prof)
+    print(_summary(results["B_checkins"], a))
     shutil.rmtree(tmp, ignore_errors=True)
 
 

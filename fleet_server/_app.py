@@ -27,6 +27,7 @@ from edgepack import (
 )
 from edgepack._device_auth import RequestAuthError
 
+from ._checkin import CheckinStore
 from ._config import FleetConfig, load_config
 from ._db import Database
 from ._errors import ApiError
@@ -60,6 +61,7 @@ class Fleet:
         self.storage = storage or LocalStorage(config.artifacts_dir)
         self.publisher: Publisher = open_publisher(config.instance_dir, self.storage, self._published_release)
         self.metrics = FleetMetrics(self)
+        self.checkins = CheckinStore(self.db)
         self._last_tick: dict[int, float] = {}
 
     def _published_release(self, group: str, filename: str) -> tuple[str, str] | None:

@@ -3,8 +3,9 @@
 Admin tokens and enrollment tokens are 256-bit random strings; only their
 sha256 is stored, so a database leak does not leak credentials. Device
 requests are verified with ``edgepack._device_auth`` against the key the device
-registered at enrollment, and their nonces are recorded in the same
-transaction that marks the device as seen.
+registered at enrollment (cached per worker), and their nonces are recorded
+in the same single transaction that re-checks the device is active and marks
+it as seen (``_checkin``: the hot path, on the DBAPI connection).
 """
 
 from __future__ import annotations
@@ -12,29 +13,26 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import random
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import g, request, session
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
 from edgepack import PublicKey
 from edgepack._device_auth import parse_headers, verify_request
 
 from . import _ratelimit as ratelimit
+from ._checkin import DeviceRow, Heartbeat
 from ._errors import AuthError, ForbiddenError, UnknownDeviceError
 from ._http import fleet
-from ._models import AdminToken, Device, Nonce
+from ._models import AdminToken, Device
 
 __all__ = ["authenticate_device", "hash_token", "new_token", "require_admin", "signed_path"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-#: last_seen_at is refreshed at most this often: "online" is measured in minutes, not per request
-_SEEN_EVERY_S = 5.0
 
 
 def new_token(prefix: str) -> str:
@@ -104,16 +102,17 @@ def signed_path() -> str:
     return request.path + (f"?{qs}" if qs else "")
 
 
-def authenticate_device(device_id: str | None) -> Any:
-    """Verify the signed request and return its device (a read-only row with the Device columns).
+def authenticate_device(device_id: str | None, heartbeat: Heartbeat | None = None) -> DeviceRow:
+    """Verify the signed request and return its device.
 
-    The device row is read first and the signature checked outside any write
-    transaction; the only write is one short transaction that records the
-    nonce (and, at most every ``_SEEN_EVERY_S``, the last-seen time), so
-    concurrent check-ins hold the SQLite write lock for microseconds.
+    The key comes from the per-worker cache (``_checkin``), so the signature and
+    clock are checked before any transaction; then one transaction records the
+    nonce, re-checks that the device is active (revocation is never cached) and
+    updates last-seen (and ``heartbeat``'s fields, if given and changed).
 
     Args:
         device_id: the device named in the URL; the signer must be that device.
+        heartbeat: a heartbeat's fields, written in the same transaction as the nonce.
 
     Raises:
         MissingAuthError, RequestSignatureError, ClockSkewError, ReplayError: from the signature check.
@@ -123,35 +122,28 @@ def authenticate_device(device_id: str | None) -> Any:
     f = fleet()
     h = parse_headers(request.headers)
     body = request.get_data(cache=True)
-    cols = [Device.id, Device.public_key, Device.status, Device.group_id, Device.last_seen_at,
-            Device.active_version, Device.state, Device.desired_release_id, Device.rollout_id, Device.wave]
-    with f.db.read() as s:  # a Core row, not an ORM object: this runs on every check-in
-        dev = s.execute(select(*cols).where(Device.id == h.device_id)).first()
-    if dev is None or dev.status != "active":
-        raise UnknownDeviceError(f"unknown or revoked device {h.device_id!r}", where="X-Edgepack-Device",
-                                 hint="enroll the device with a fresh enrollment token")
     now = time.time()
-
-    def seen(nonce: str, ts: int) -> bool:
-        try:
-            with f.db.write() as s:
-                s.execute(insert(Nonce).values(nonce=nonce, device_id=dev.id,
-                                               expires_at=ts + f.config.max_skew_s + 1))
-                if dev.last_seen_at is None or now - dev.last_seen_at >= _SEEN_EVERY_S:
-                    s.execute(update(Device).where(Device.id == dev.id).values(last_seen_at=now))
-                if random.random() < 0.002:  # amortised clean-up keeps the table at about one skew window
-                    s.execute(delete(Nonce).where(Nonce.expires_at < now))
-        except IntegrityError:
-            return True
-        return False
-
-    if device_id is not None and device_id != dev.id:
+    if device_id is not None and device_id != h.device_id:
+        with f.db.read() as s:
+            dev = s.execute(select(Device.public_key, Device.status).where(Device.id == h.device_id)).first()
+        if dev is None or dev.status != "active":
+            raise UnknownDeviceError(f"unknown or revoked device {h.device_id!r}", where="X-Edgepack-Device",
+                                     hint="enroll the device with a fresh enrollment token")
         # check the signature first so a forger learns nothing; then refuse the cross-device access
         verify_request(PublicKey(bytes.fromhex(dev.public_key)), request.headers, request.method, signed_path(),
                        body, now, lambda n, t: False, f.config.max_skew_s)
         raise ForbiddenError("a device may read and write only its own resources",
                              where=f"device {device_id}", hint="use your own device id in the URL")
-    verify_request(PublicKey(bytes.fromhex(dev.public_key)), request.headers, request.method, signed_path(),
-                   body, now, seen, f.config.max_skew_s)
-    g.device_id = dev.id
-    return dev
+    key = f.checkins.public_key(h.device_id)
+    found: list[DeviceRow] = []
+
+    def seen(nonce: str, ts: int) -> bool:
+        row = f.checkins.check_in(h.device_id, key, nonce, ts + f.config.max_skew_s + 1, now, heartbeat)
+        if row is None:
+            return True
+        found.append(row)
+        return False
+
+    verify_request(key, request.headers, request.method, signed_path(), body, now, seen, f.config.max_skew_s)
+    g.device_id = h.device_id
+    return found[0]

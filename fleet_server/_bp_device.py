@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from . import _ratelimit as ratelimit
 from ._audit import record
 from ._auth import authenticate_device, hash_token
+from ._checkin import Heartbeat
 from ._errors import AuthError, BadRequestError, ConflictError
 from ._http import check_name, fleet, json_body, opt, tags_of
 from ._models import Alert, Device, EnrollmentToken, Group, Release, Report, Rollout
@@ -71,14 +72,12 @@ def _enroll(doc: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 @bp.get("/devices/<device_id>/assignment")
 def assignment(device_id: str):  # type: ignore[no-untyped-def]
-    dev = authenticate_device(device_id)
-    if dev.desired_release_id is None:
+    dev = authenticate_device(device_id)  # read with the device's group and desired release, in its check-in
+    rel = dev.release
+    if rel is None:
         return jsonify({"release": None, "rollout_id": None})
-    with fleet().db.read() as s:
-        rel = s.get(Release, dev.desired_release_id)
-        group = s.get(Group, dev.group_id)
     return jsonify({
-        "release": {"name": rel.name, "version": rel.version, "target": release_target(group.name, rel),
+        "release": {"name": rel.name, "version": rel.version, "target": release_target(dev.group_name, rel),
                     "sha256": rel.sha256, "size": rel.size, "kind": rel.kind, "base_version": rel.base_version},
         "rollout_id": dev.rollout_id,
     })
@@ -128,15 +127,22 @@ def report(device_id: str):  # type: ignore[no-untyped-def]
     return jsonify({"accepted": True}), 202
 
 
+def _heartbeat_fields() -> Heartbeat:
+    doc = json_body()
+    state = opt(doc, "state", dict, {})
+    return Heartbeat(opt(doc, "active_version", int),
+                     {k: state[k] for k in ("charging", "idle", "wifi") if isinstance(state.get(k), bool)})
+
+
 @bp.post("/devices/<device_id>/heartbeat")
 def heartbeat(device_id: str):  # type: ignore[no-untyped-def]
-    dev = authenticate_device(device_id)
-    doc = json_body()
-    active = opt(doc, "active_version", int)
-    state = opt(doc, "state", dict, {})
-    clean = {k: state[k] for k in ("charging", "idle", "wifi") if isinstance(state.get(k), bool)}
-    f = fleet()
-    if active != dev.active_version or clean != (dev.state or {}):
-        with f.db.write() as s:
-            s.execute(update(Device).where(Device.id == dev.id).values(active_version=active, state=clean))
-    return jsonify({"poll_after_s": f.config.poll_after_s})
+    # The body is parsed first so its fields are written in the check-in's own transaction;
+    # a malformed body is still refused only after authentication (401 before 400).
+    try:
+        hb, bad = _heartbeat_fields(), None
+    except BadRequestError as e:
+        hb, bad = None, e
+    authenticate_device(device_id, heartbeat=hb)
+    if bad is not None:
+        raise bad
+    return jsonify({"poll_after_s": fleet().config.poll_after_s})

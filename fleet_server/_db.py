@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
@@ -76,6 +77,11 @@ class Database:
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.RLock()
         self._read = sessionmaker(self._read_engine, expire_on_commit=False)
+
+    @property
+    def write_lock(self) -> Any:
+        """The per-process lock SQLite writers queue on (see ``write``); the check-in hot path uses it too."""
+        return self._write_lock
 
     @property
     def safe_url(self) -> str:

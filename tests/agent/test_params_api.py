@@ -131,3 +131,40 @@ def test_param_upload_is_not_held_to_the_json_body_limit(fleet_env, base, wide_o
         headers={"Authorization": f"Bearer {fleet_env.admin}", "Content-Type": "application/octet-stream"})
     assert resp.status_code == 201, resp.get_json()
     assert resp.get_json()["kind"] == "params" and resp.get_json()["size"] == len(full)
+
+
+def test_params_rollout_that_trips_its_health_gate_rolls_back_to_the_base_bundle(fleet_env, base, make_agent,
+                                                                                 wide_onnx) -> None:
+    agent, rel, fine = base
+    other = make_agent("dev2")  # enrolled after v1 completed: its group's release is the base bundle
+    other.step()
+    assert other.installer.active_version() == 1
+    full = _update(wide_onnx, fine, fleet_env.federated, "whole")
+    status, prel = _post_params(fleet_env, rel["id"], {"update": full})
+    assert status == 201, prel
+    ro = fleet_env.admin_call("POST", "/api/v1/admin/rollouts",
+                              {"release": prel["id"], "group": "default", "waves": [100],
+                               "gates": {"min_reports": 2, "max_failure_rate": 0.1}})
+    assert ro["previous_release"]["id"] == rel["id"]
+    agent.step()  # installs the parameter update and reports it healthy
+    assert agent.installer.active_version() == 2
+    assert fleet_env.admin_call("GET", f"/api/v1/admin/rollouts/{ro['id']}")["state"] == "running"
+    other.report("health", False, version=2, reason="golden outputs out of tolerance after the update")
+    assert other.flush() == 1  # a bad report re-evaluates the rollout at once
+
+    after = fleet_env.admin_call("GET", f"/api/v1/admin/rollouts/{ro['id']}")
+    assert after["state"] == "rolled_back" and "health gate tripped" in after["reason"], after
+    assignment = agent._signed("GET", f"/api/v1/devices/{agent.state.device_id}/assignment")["release"]
+    assert (assignment["kind"], assignment["name"], assignment["version"]) == ("bundle", "wide", 1)
+    assert assignment["sha256"] == rel["sha256"]
+    # The base bundle is published for the group again and installs from TUF on a device that
+    # has not taken the update yet (a device that already runs v2 refuses to go down to v1 by
+    # design: versions only grow on the device, see docs/runtime.md).
+    other.step()
+    assert other.installer.active_version() == 1 and 1 not in other.state.failed_versions
+    late = make_agent("dev3")
+    late.step()
+    assert late.installer.active_version() == 1
+    x = np.random.default_rng(5).standard_normal((3, N_IN)).astype(np.float32)
+    w, b = (read_weights("onnx", wide_onnx, [n])[n] for n in ("W", "B"))
+    np.testing.assert_allclose(late.installer.model().predict(x), x @ w + b, rtol=1e-5, atol=1e-5)

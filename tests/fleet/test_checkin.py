@@ -1,0 +1,200 @@
+"""The check-in hot path (fleet_server._checkin): one transaction per signed request, a per-worker
+key cache that never caches revocation, replays refused across workers, nothing acknowledged lost.
+
+Two apps on one database stand for two gunicorn workers (each has its own key cache and
+connections); the last test runs the real thing: gunicorn with two workers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import func, select
+from support.server import CLI, Server, http_json
+
+from edgepack import generate_key
+from edgepack._device_auth import sign_request
+from fleet_server._models import Nonce
+from fleet_server._publish import release_target
+
+
+@pytest.fixture
+def second_worker(fleet_config):
+    """Another app on the same database: what a second gunicorn worker is."""
+    from fleet_server import create_app
+
+    app = create_app(fleet_config)
+    yield app
+    app.extensions["edgepack_fleet"].db.dispose()
+
+
+def _heartbeat(device, active_version=1, state=None):
+    path = f"/api/v1/devices/{device.id}/heartbeat"
+    body = json.dumps({"active_version": active_version,
+                       "state": state or {"charging": True, "idle": True, "wifi": True}}).encode()
+    return path, body, {"Content-Type": "application/json", **sign_request(device.key, device.id, "POST", path, body)}
+
+
+def _nonces(fleet) -> int:
+    with fleet.db.read() as s:
+        return s.scalar(select(func.count()).select_from(Nonce))
+
+
+def _device(admin, device_id):
+    r = admin.get(f"/devices/{device_id}")
+    assert r.status_code == 200, r.json
+    return r.json
+
+
+def test_a_replay_is_refused_by_another_worker(client, enroll, second_worker):
+    dev = enroll()
+    path, body, h = _heartbeat(dev)
+    assert client.post(path, data=body, headers=h).status_code == 200
+    r = second_worker.test_client().post(path, data=body, headers=h)
+    assert r.status_code == 401 and r.json["error"] == "ReplayError"
+
+
+def test_revocation_takes_effect_at_once_in_a_worker_with_the_key_cached(client, fleet, admin, enroll,
+                                                                          second_worker):
+    dev = enroll()
+    assert dev.heartbeat(1).status_code == 200
+    assert dev.id in fleet.checkins._keys  # this worker now verifies without reading the key
+    other = second_worker.test_client()
+    r = other.patch(f"/api/v1/admin/devices/{dev.id}", json={"status": "revoked"}, headers=admin.headers)
+    assert r.status_code == 200 and r.json["status"] == "revoked"
+    before = _nonces(fleet)
+    for call in (lambda: dev.heartbeat(1), dev.assignment, lambda: dev.report("status", 1)):
+        r = call()
+        assert r.status_code == 401 and r.json["error"] == "UnknownDeviceError", r.json
+    assert _nonces(fleet) == before  # a revoked device's requests write nothing
+    other.patch(f"/api/v1/admin/devices/{dev.id}", json={"status": "active"}, headers=admin.headers)
+    assert dev.heartbeat(1).status_code == 200
+
+
+def test_heartbeat_fields_are_stored_and_an_unchanged_heartbeat_writes_nothing_new(enroll, admin):
+    dev = enroll()
+    assert dev.heartbeat(3).status_code == 200
+    d = _device(admin, dev.id)
+    assert d["active_version"] == 3 and d["state"] == {"charging": True, "idle": True, "wifi": True}
+    seen = d["last_seen_at"]
+    assert seen is not None
+    assert dev.heartbeat(3).status_code == 200  # same fields, within seen_every_s: no device write
+    assert _device(admin, dev.id)["last_seen_at"] == seen
+    r = dev.request("POST", f"/api/v1/devices/{dev.id}/heartbeat",
+                    {"active_version": 4, "state": {"charging": False, "idle": True, "wifi": False}})
+    assert r.status_code == 200
+    d = _device(admin, dev.id)
+    assert d["active_version"] == 4 and d["state"] == {"charging": False, "idle": True, "wifi": False}
+    assert d["last_seen_at"] >= seen
+
+
+def test_a_checkin_is_one_transaction_with_one_commit(fleet, enroll):
+    if not fleet.db.is_sqlite:
+        pytest.skip("statement tracing uses sqlite3's trace callback")
+    dev = enroll()
+    assert dev.heartbeat(1).status_code == 200  # warms the key cache and this thread's connection
+    statements: list[str] = []
+    fleet.checkins._connection().set_trace_callback(statements.append)
+    fleet.checkins._seen_every_s = 0  # force the last-seen write too: the worst case
+    try:
+        assert dev.heartbeat(2).status_code == 200
+    finally:
+        fleet.checkins._connection().set_trace_callback(None)
+    verbs = [s.split()[0].upper() for s in statements]
+    assert verbs == ["BEGIN", "INSERT", "SELECT", "UPDATE", "COMMIT"], statements
+
+
+def test_assignment_reads_the_release_in_the_checkin(client, admin, enroll, make_bundle):
+    dev = enroll()
+    assert dev.assignment().json == {"release": None, "rollout_id": None}
+    assert admin.upload(make_bundle(1)).status_code == 201
+    r = admin.post("/rollouts", {"release": {"name": "digits", "version": 1}, "group": "default", "waves": [100]})
+    assert r.status_code == 201, r.json
+    a = dev.assignment().json
+    assert a["rollout_id"] == r.json["id"]
+    assert (a["release"]["name"], a["release"]["version"], a["release"]["kind"]) == ("digits", 1, "bundle")
+    assert a["release"]["target"] == release_target("default", SimpleNamespace(kind="bundle", name="digits",
+                                                                              version=1))
+
+
+def test_a_malformed_heartbeat_is_refused_after_authentication(client, enroll):
+    dev = enroll()
+    path = f"/api/v1/devices/{dev.id}/heartbeat"
+    r = client.post(path, data=b"{not json", content_type="application/json")
+    assert r.status_code == 401  # unsigned: authentication first, the body is never judged
+    h = sign_request(dev.key, dev.id, "POST", path, b"{not json")
+    r = client.post(path, data=b"{not json", headers=h, content_type="application/json")
+    assert r.status_code == 400 and r.json["error"] == "BadRequestError"
+
+
+def test_a_bad_signature_and_an_unknown_device_write_no_nonce(client, fleet, enroll):
+    dev = enroll()
+    before = _nonces(fleet)
+    path, body, h = _heartbeat(dev)
+    h["X-Edgepack-Signature"] = sign_request(generate_key(), dev.id, "POST", path, body)["X-Edgepack-Signature"]
+    assert client.post(path, data=body, headers=h).status_code == 401
+    ghost = generate_key()
+    gpath = "/api/v1/devices/d-0000000000000000/heartbeat"
+    r = client.post(gpath, data=body, headers={"Content-Type": "application/json",
+                                               **sign_request(ghost, "d-0000000000000000", "POST", gpath, body)})
+    assert r.status_code == 401 and r.json["error"] == "UnknownDeviceError"
+    assert _nonces(fleet) == before
+
+
+def test_nonces_past_their_window_are_pruned(fleet, enroll):
+    dev = enroll()
+    now = time.time()
+    with fleet.db.write() as s:
+        s.add_all([Nonce(nonce=f"{i:032x}", device_id=dev.id, expires_at=now - 1) for i in range(50)])
+        s.add(Nonce(nonce="f" * 32, device_id=dev.id, expires_at=now + 600))
+    fleet.checkins._prune_at = 0.0
+    assert dev.heartbeat(1).status_code == 200
+    with fleet.db.read() as s:
+        left = set(s.scalars(select(Nonce.nonce)))
+    assert "f" * 32 in left and not any(n.startswith("0" * 28) for n in left)
+    assert len(left) == 2  # the live one planted above and this heartbeat's
+
+
+@pytest.mark.slow
+def test_the_same_signed_request_to_two_gunicorn_workers_is_accepted_once(tmp_path):
+    inst = tmp_path / "instance"
+    out = subprocess.run([*CLI, "fleet", "init", "--instance", str(inst), "--json"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    auth = {"Authorization": f"Bearer {json.loads(out.stdout)['admin_token']}", "Content-Type": "application/json"}
+    server = Server(inst, workers=2, threads=2)
+    server.start()
+    try:
+        assert len(server.pids()) == 3  # master + 2 workers
+        key = generate_key()
+        _, tok = http_json("POST", f"{server.url}/api/v1/admin/enrollment-tokens", b"{}", auth)
+        st, d = http_json("POST", f"{server.url}/api/v1/enroll",
+                          json.dumps({"token": tok["token"], "public_key": key.public.raw.hex()}).encode(),
+                          {"Content-Type": "application/json"})
+        assert st == 201
+        did = d["device_id"]
+        path = f"/api/v1/devices/{did}/heartbeat"
+        body = b'{"active_version": 1}'
+        h = {"Content-Type": "application/json", **sign_request(key, did, "POST", path, body)}
+        results: list[tuple[int, object]] = []
+        lock = threading.Lock()
+
+        def send() -> None:  # a fresh connection each: the kernel spreads them over both workers
+            r = http_json("POST", server.url + path, body, h)
+            with lock:
+                results.append(r)
+
+        threads = [threading.Thread(target=send) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(st for st, _ in results) == [200] + [401] * 23
+        assert all(b["error"] == "ReplayError" for st, b in results if st == 401)
+    finally:
+        server.stop()
