@@ -20,11 +20,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# What the tests need from Debian: chromium, for report and dashboard checks in a real browser.
+# What the tests need from Debian: chromium, for report and dashboard checks in a real browser;
+# postgresql, whose initdb/pg_ctl start a throwaway server so the database tests also run on
+# PostgreSQL (tests/support/postgres.py; no system service is used); wrk, the check-in
+# benchmark's load generator (benchmarks/bench_fleet.py).
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium (once)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@pkgs=""; \
+	command -v chromium >/dev/null 2>&1 || pkgs="$$pkgs chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || pkgs="$$pkgs postgresql"; \
+	command -v wrk >/dev/null 2>&1 || pkgs="$$pkgs wrk"; \
+	if [ -n "$$pkgs" ]; then \
+	  echo "installing from Debian (once):$$pkgs"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$pkgs >/dev/null; \
+	fi
 
 test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

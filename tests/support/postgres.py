@@ -13,8 +13,21 @@ from pathlib import Path
 
 import pytest
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 _counter = itertools.count()
+
+
+def _pg_bin() -> Path:
+    """Where initdb lives: Debian's newest /usr/lib/postgresql/<major>/bin (``make system-deps``
+    installs the ``postgresql`` package), else the PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else -1)
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).parent if on_path else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 
 def start_postgres() -> tuple[str | None, str, object]:
@@ -23,7 +36,8 @@ def start_postgres() -> tuple[str | None, str, object]:
     if url:
         return url, "", lambda: None
     if not (PG_BIN / "initdb").exists():
-        return None, f"no {PG_BIN}/initdb and EDGEPACK_TEST_POSTGRES_URL is not set", lambda: None
+        return None, ("no initdb (looked in /usr/lib/postgresql/*/bin and on PATH; 'make system-deps' installs "
+                      "Debian's postgresql) and EDGEPACK_TEST_POSTGRES_URL is not set"), lambda: None
     base = Path(tempfile.mkdtemp(prefix="edgepack-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
