@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _export_onnx, _export_tflite, _quantize_onnx, _quantize_tflite
+from . import _export_onnx, _export_tflite, _onnx_compact, _quantize_onnx, _quantize_tflite
 from ._load import LoadedModel
 from ._recipe import Recipe
 from ._spec import IOSpec
@@ -53,13 +53,15 @@ def onnx_quant_config(recipe: Recipe, fp32: bytes, precision: str, calib: np.nda
         precision=precision, calibration=calib, input_name=onnx_input_name(fp32),
         calibration_method=o.calibration_method, per_channel=o.per_channel, pre_process=o.pre_process,
         activation_type=o.activation_type, quant_format=o.quant_format, reduce_range=o.reduce_range,
-        nodes_to_exclude=exclude,
+        nodes_to_exclude=exclude, compact=o.compact,
     )
 
 
 def _produce_onnx(m: LoadedModel, spec: IOSpec, recipe: Recipe, precisions: tuple[str, ...],
                   calib: np.ndarray | None) -> list[Artifact]:
     fp32 = _export_onnx.run(m, spec, _export_onnx.OnnxExportConfig(opset=recipe.onnx.opset))
+    if recipe.onnx.compact:
+        fp32 = _onnx_compact.run(fp32)  # drops the exporter's debug metadata (stack traces with local paths)
     out = []
     for p in precisions:
         extra: dict[str, Any] = {}

@@ -6,8 +6,10 @@ next to the destination and is moved into place only when complete.
 from __future__ import annotations
 
 import io
+import tempfile
+import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,17 @@ import numpy as np
 from edgepack import BundleBuilder, ConfigError, EdgepackError, load_signing_key
 from edgepack._term import progress, step
 
-from . import _compress_build, _data, _latency, _load, _localize, _parity, _quantize_onnx, _report
+from . import (
+    _compress_build,
+    _data,
+    _latency,
+    _load,
+    _localize,
+    _parity,
+    _quantize_onnx,
+    _report,
+    _sensitivity,
+)
 from ._artifacts import PRODUCERS, Artifact, onnx_input_name, onnx_quant_config
 from ._errors import CalibrationRequiredError, ParityFailedError
 from ._output import Staging, tool_versions
@@ -264,43 +276,65 @@ def _check_artifact(a: Artifact, rec: Recipe, spec: IOSpec, x: np.ndarray, y: np
     if sess.io_quant:
         a.extra["io_quant"] = sess.io_quant
     if fails and a.format == "onnx" and a.precision == "int8-static" and a.float_graph is not None:
-        loc_cfg = _localize.LocalizeConfig(onnx_input_name(a.float_graph), rec.localize.diverge_sqnr_db,
-                                           rec.localize.worst_nodes, rec.localize.max_excluded)
+        lz = rec.localize
+        loc_cfg = _localize.LocalizeConfig(onnx_input_name(a.float_graph), lz.diverge_sqnr_db, lz.worst_nodes,
+                                           lz.max_excluded, lz.samples, lz.max_tries, lz.min_gain_db,
+                                           lz.max_candidates)
         with step(f"localize {a.name}"):
+            t0 = time.perf_counter()
             loc = _localize.run(a.float_graph, a.data, x, loc_cfg)
-        row["localization"] = {k: v for k, v in loc.items() if not k.startswith("_")}
+            sens = _sensitivity.rank(a.data, a.float_graph, x, _sensitivity.SensitivityConfig(
+                loc_cfg.input_name, loc_cfg.samples, loc_cfg.max_candidates))
+        row["localization"] = {
+            "first_diverging": loc["first_diverging"],
+            "worst": _localize.worst_nodes(loc, sens, loc_cfg.worst_nodes),
+            "worst_tensors": loc["worst_tensors"], "tensors": loc["tensors"],
+            "sensitivity": {"base_output_sqnr_db": sens["base_sqnr_db"], "measured": sens["measured"],
+                            "candidates": sens["candidates"], "samples": int(min(len(x), loc_cfg.samples)),
+                            "seconds": round(time.perf_counter() - t0, 2)}}
         if rec.build.auto_fix and calib is not None:
-            metrics, fails = _auto_fix(a, rec, spec, x, y, refs, calib, loc, loc_cfg, pcfg, row)
+            metrics, fails = _auto_fix(a, rec, spec, x, y, refs, calib, sens["rows"], loc_cfg, pcfg, row, metrics)
             row.update(metrics=metrics, failures=fails)
     row["latency"] = _latency.run(a.format, a.data, [x], _latency_cfg(rec))
     row["parity"] = {**_parity.summary(metrics, pcfg.tolerance, not fails), "latency_ms_p50": row["latency"]["p50_ms"]}
     return row, fails
 
 
+def _fix_score(metrics: list[dict[str, Any]]) -> float:
+    """Higher is better: output SQNR (continuous, so one kept node that helps a little still counts)."""
+    return float(metrics[0]["sqnr_db"]) if np.isfinite(metrics[0]["sqnr_db"]) else -1e9
+
+
 def _auto_fix(a: Artifact, rec: Recipe, spec: IOSpec, x: np.ndarray, y: np.ndarray | None, refs: list[np.ndarray],
-              calib: _data.Dataset, loc: dict[str, Any], loc_cfg: _localize.LocalizeConfig,
-              pcfg: _parity.ParityConfig, row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+              calib: _data.Dataset, ranking: list[dict[str, Any]], loc_cfg: _localize.LocalizeConfig,
+              pcfg: _parity.ParityConfig, row: dict[str, Any],
+              start: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     names = [t.name for t in spec.outputs]
     fp32 = a.float_graph
     assert fp32 is not None
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        cache = str(Path(d) / "calibration.json")
 
-    def requantize(excluded: tuple[str, ...]) -> bytes:
-        cfg = onnx_quant_config(rec, fp32, "int8-static", calib.x, excluded)
-        # the float graph is already pre-processed: do not run quant_pre_process twice
-        cfg = type(cfg)(**{**cfg.__dict__, "pre_process": False})
-        return _quantize_onnx.run(fp32, cfg)
+        def requantize(excluded: tuple[str, ...]) -> bytes:
+            cfg = onnx_quant_config(rec, fp32, "int8-static", calib.x, excluded)
+            # the float graph is already pre-processed: do not run quant_pre_process twice;
+            # the first call calibrates and caches the ranges, the next ones reuse them
+            cfg = replace(cfg, pre_process=False, calibration_cache=cache)
+            return _quantize_onnx.run(fp32, cfg)
 
-    def evaluate(data: bytes) -> tuple[float, bool]:
-        outs = run_batched(open_session("onnx", data), [x])
-        met, fails = _parity.run(a.name, names, refs, outs, pcfg, y)
-        return met[0]["cosine"], not fails
+        def evaluate(data: bytes) -> tuple[float, bool]:
+            outs = run_batched(open_session("onnx", data), [x])
+            met, fails = _parity.run(a.name, names, refs, outs, pcfg, y)
+            return _fix_score(met), not fails
 
-    with step(f"auto-fix {a.name}"):
-        fix = _localize.auto_fix(requantize, evaluate, lambda d: _localize.run(fp32, d, x, loc_cfg), loc, loc_cfg)
+        with step(f"auto-fix {a.name}"):
+            fix = _localize.auto_fix(requantize, evaluate, ranking, _sensitivity.reads_quantized, loc_cfg,
+                                     start=(_fix_score(start), False))
     best = fix["best"]
     row["auto_fix"] = {"tries": fix["tries"], "kept_in_float": best["excluded"] if best else [],
-                       "passed": bool(best and best["passed"])}
-    if best and best["passed"]:
+                       "passed": bool(best and best["passed"]), "seconds": round(time.perf_counter() - t0, 2)}
+    if best:  # the best result so far, even when it did not reach the budget (the report then shows it)
         a.data = best["data"]
         a.extra["nodes_kept_in_float"] = best["excluded"]
         a.notes.append(f"auto-fix kept {len(best['excluded'])} node(s) in float: {', '.join(best['excluded'])}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _onnx_compact
 from ._errors import CalibrationRequiredError, UnsupportedError
 
 __all__ = ["OnnxQuantizeConfig", "int8_settings", "run"]
@@ -38,6 +39,11 @@ class OnnxQuantizeConfig:
     quant_format: str = "auto"
     reduce_range: str = "auto"
     nodes_to_exclude: tuple[str, ...] = field(default=())
+    #: a JSON file of calibrated tensor ranges (ORT ``calibration_cache_path``): written by the
+    #: first run, read by the next ones, so ``--auto-fix`` re-quantizes without re-calibrating
+    calibration_cache: str | None = None
+    #: apply ``converters._onnx_compact`` to the result (exact: outputs are bit-identical)
+    compact: bool = True
 
 
 def int8_settings(cfg: OnnxQuantizeConfig) -> dict[str, object]:
@@ -132,7 +138,7 @@ def _static(data: bytes, cfg: OnnxQuantizeConfig, tmp: Path) -> bytes:
         quant_format=QuantFormat.QDQ if s["quant_format"] == "qdq" else QuantFormat.QOperator,
         per_channel=bool(s["per_channel"]), reduce_range=bool(s["reduce_range"]),
         activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
-        nodes_to_exclude=list(cfg.nodes_to_exclude),
+        nodes_to_exclude=list(cfg.nodes_to_exclude), calibration_cache_path=cfg.calibration_cache,
     )
     return out.read_bytes()
 
@@ -147,13 +153,12 @@ def run(data: bytes, config: OnnxQuantizeConfig) -> bytes:
     with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()):
         logging.getLogger("root").setLevel(logging.ERROR)  # ORT's quantizer logs at INFO on the root logger
         tmp = Path(d)
+        passes = {"fp16": lambda: _fp16(data), "int8-dynamic": lambda: _dynamic(data, config, tmp),
+                  "int8-static": lambda: _static(data, config, tmp)}
+        if config.precision not in passes:
+            raise UnsupportedError(f"no ONNX quantizer for precision {config.precision!r}")
         try:
-            if config.precision == "fp16":
-                return _fp16(data)
-            if config.precision == "int8-dynamic":
-                return _dynamic(data, config, tmp)
-            if config.precision == "int8-static":
-                return _static(data, config, tmp)
+            out = passes[config.precision]()
         except (ValueError, RuntimeError) as e:  # ORT quantizer raises these for graphs it cannot handle
             raise UnsupportedError(f"onnxruntime could not quantize to {config.precision}: {e}") from e
-    raise UnsupportedError(f"no ONNX quantizer for precision {config.precision!r}")
+    return _onnx_compact.run(out) if config.compact else out

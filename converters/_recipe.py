@@ -121,6 +121,9 @@ class OnnxSection:
     activation_type: str = "auto"  # auto | uint8 | int8
     quant_format: str = "auto"  # auto | qdq | qoperator
     reduce_range: str = "auto"  # auto | true | false
+    #: exact size savings (converters._onnx_compact): no exporter debug metadata, no all-zero
+    #: weight/bias zero points, bias scales as Mul of their factors; outputs bit-identical
+    compact: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,14 @@ class LocalizeSection:
     worst_nodes: int = 5
     #: --auto-fix keeps at most this many nodes in float
     max_excluded: int = 5
+    #: --auto-fix re-quantizes at most this many times (each try: quantize + parity on the eval data)
+    max_tries: int = 8
+    #: nodes whose measured output-SQNR gain in float is below this (dB) are not tried
+    min_gain_db: float = 0.25
+    #: eval samples for localization and the per-node sensitivity measurement
+    samples: int = 16
+    #: at most this many quantized nodes get their sensitivity measured (one ORT session each)
+    max_candidates: int = 16
 
 
 @dataclass(frozen=True)
@@ -266,6 +277,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list", where=where)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[T, ...]: check every item (fuzzing found [[]])
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         return tuple(value)
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -192,9 +192,11 @@ def _localization_html(arts: list[dict[str, Any]]) -> list[str]:
         if d:
             out.append(f"<p>First diverging node: <code>{_e(d['node'])}</code> ({_e(d['op_type'])}), "
                        f"SQNR {_f(d['sqnr_vs_float_db'], '.1f')} dB vs the float model.</p>")
-        rows = [[w["node"], w["op_type"], w["tensor"], _f(w["local_sqnr_db"], ".1f"), _f(w["sqnr_vs_float_db"], ".1f")]
+        rows = [[w["node"], w["op_type"], _f(w.get("gain_db"), "+.2f"), w.get("tensor") or "-",
+                 _f(w.get("local_sqnr_db"), ".1f"), _f(w.get("sqnr_vs_float_db"), ".1f")]
                 for w in loc.get("worst", [])]
-        out.append(_table_html(["worst node", "op", "tensor", "local SQNR dB", "SQNR vs float dB"], rows))
+        out.append(_table_html(["worst node (measured)", "op", "output SQNR gain in float, dB", "tensor",
+                                "local SQNR dB", "SQNR vs float dB"], rows))
         fix = a.get("auto_fix")
         if fix:
             out.append(f"<p>auto-fix: {'PASSED' if fix['passed'] else 'did not reach the budget'}; kept in float: "
