@@ -45,6 +45,43 @@ def test_promoted_candidate_is_released_and_its_rollout_starts_with_the_reason_r
     assert out["evaluation"]["rollout"]["group"] == "default"
 
 
+def test_round_page_links_the_release_and_the_rollout_it_started(federated_key, client, fleet, admin, enroll,
+                                                                 champion, eval_npz):
+    from .test_round_dashboard import _login
+
+    (W0, b0), (W1, b1) = champion
+    out = _round(admin, [enroll("d0")], {"W": W1 - W0, "b": b1 - b0}, eval_npz, rollout=PLAN)
+    _login(client, fleet, admin)
+    html = client.get(f"/rounds/{out['id']}").get_data(as_text=True)
+    line = html.split('id="release"')[1].split("</p>")[0]
+    rid = out["result"]["rollout"]["id"]
+    assert "digits v2" in line and f'href="/rollouts/{rid}"' in line and "automatically to default" in line
+    assert client.get(f"/rollouts/{rid}").status_code == 200
+
+
+def test_a_rollout_left_pending_by_a_crash_is_started_by_the_next_close(federated_key, admin, enroll, champion,
+                                                                       eval_npz, fleet):
+    """The disk and database state a crash after the release was stored, but before its rollout
+    started, leaves behind: close_round (the ticker or any status read) must start it, once."""
+    from fleet_server._models_rounds import FLRound
+
+    (W0, b0), (W1, b1) = champion
+    dev = enroll("d0")
+    busy = admin.post("/rollouts", {"release": {"name": "digits", "version": 1}, "group": "default"})
+    assert busy.json["state"] == "running"
+    out = _round(admin, [dev], {"W": W1 - W0, "b": b1 - b0}, eval_npz, rollout=PLAN)
+    assert out["result"]["rollout"] is None  # the group was busy: nothing started
+    assert admin.post(f"/rollouts/{busy.json['id']}/abort").status_code == 200
+    with fleet.db.write() as s:
+        r = s.get(FLRound, out["id"])
+        r.result, r.reason = {**r.result, "rollout": "pending"}, None
+    st = admin.get(f"/rounds/{out['id']}").json  # a status read runs close_round, which finishes the job
+    assert st["result"]["rollout"]["state"] == "running" and st["reason"] is None
+    again = admin.get(f"/rounds/{out['id']}").json
+    assert again["result"]["rollout"]["id"] == st["result"]["rollout"]["id"]
+    assert len(admin.get("/rollouts").json["rollouts"]) == 2  # the aborted one and this one: started once
+
+
 def test_refused_candidate_starts_no_rollout(federated_key, admin, enroll, eval_npz):
     rng = np.random.default_rng(3)
     devs = [enroll(f"d{i}") for i in range(2)]

@@ -59,6 +59,7 @@ def test_simulate_three_devices_three_rounds_raises_global_accuracy_and_the_dash
     svg = re.search(r"<svg[^>]*>.*?</svg>", html, re.S).group(0)
     assert "3 samples" in svg and "polyline" in svg and f"{doc['final_accuracy']:.3g}" in svg
     assert html.count("no accepted update") == 0
+    assert "digits v4" in html.split('id="release"')[1].split("</p>")[0]  # the round's release, rolled out
     fleet.db.dispose()
 
 
