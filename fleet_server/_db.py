@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgepack import ConfigError
 
-from . import _models_audit, _models_rounds  # noqa: F401  (their tables join Base.metadata for create_all)
-from ._audit import install_triggers, record
-from ._models import SCHEMA_VERSION, Base, Meta
+from . import _models_audit, _models_rounds  # noqa: F401  (their tables join Base.metadata, which the migrations are checked against)
+from ._audit import record
+from ._migrate import upgrade as migrate
+from ._models import SCHEMA_VERSION, Meta
 
 #: older schema versions this release upgrades in place (``create_schema``); anything else is refused
 UPGRADABLE = ("1",)
@@ -90,18 +91,18 @@ class Database:
         return (head.split(":")[0] + "://***@" + tail) if sep else self.url
 
     def create_schema(self) -> None:
-        """Create missing tables and triggers, upgrade a known older schema, record the version.
+        """Run the Alembic migrations up to this release's head, record the schema version.
 
-        The only migration so far (1 -> 2) is additive: ``create_all`` creates the
-        new tables, the audit triggers are installed, and the upgrade itself is the
-        first audit row. No alembic: see docs/fleet.md ("Schema versions").
+        A fresh database gets every revision; one from before migrations existed
+        (schema version 1) is stamped at revision 0001 and upgraded (``_migrate``).
+        The 1 -> 2 upgrade adds the audit log with its triggers, and the upgrade
+        itself is the log's first row. See docs/fleet.md ("Schema versions").
 
         Raises:
-            ConfigError: if the database holds a schema version this release cannot upgrade.
+            ConfigError: if the database holds a schema version or revision this release cannot upgrade.
         """
-        Base.metadata.create_all(self.engine)
+        migrate(self.engine, where=self.safe_url)
         with self.write() as s:
-            install_triggers(s)
             row = s.get(Meta, "schema_version")
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
@@ -123,8 +124,8 @@ class Database:
                 value = s.scalar(select(Meta.value).where(Meta.key == "schema_version"))
         except SQLAlchemyError:
             value = None  # no meta table: never initialised
-        if upgrade and value in UPGRADABLE:
-            self.create_schema()
+        if upgrade and value is not None:
+            self.create_schema()  # migrates a known older revision to head; refuses an unknown one
             value = str(SCHEMA_VERSION)
         if value != str(SCHEMA_VERSION):
             raise ConfigError("the database is not initialised or has another schema version",

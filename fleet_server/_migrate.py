@@ -33,6 +33,9 @@ LEGACY_REVISION = "0001"
 """The revision a database made before migrations existed (schema version 1) is stamped at."""
 
 _SCRIPTS = Path(__file__).parent / "migrations"
+#: PostgreSQL advisory lock that serializes concurrent upgrades (gunicorn workers start at once);
+#: SQLite needs none: the server's write engine opens every transaction with BEGIN IMMEDIATE.
+_PG_LOCK = 0x6570_6d69_6772_61  # "epmigra"
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -64,6 +67,8 @@ def upgrade(engine: Engine, *, where: str = "database") -> tuple[str | None, str
     """
     scripts = ScriptDirectory.from_config(_config())
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
         before = current_revision(conn)
         if before is None and inspect(conn).has_table("meta"):
             version = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar()

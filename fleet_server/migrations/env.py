@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import fleet_server._db  # noqa: F401  (imports every model module into Base.metadata)
 from fleet_server._models import Base
 
 connection = context.config.attributes.get("connection")
