@@ -106,7 +106,36 @@ class ParamUpdate:
             raise ParamFormatError(f"unknown encoding/compression {u.encoding}/{u.compression}")
         if not isinstance(u.artifacts, dict) or not all(isinstance(v, dict) for v in u.artifacts.values()):
             raise ParamFormatError("artifacts must map path -> object")
+        _check_types(u)
         return u
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(u: ParamUpdate) -> None:
+    """A signed payload is still checked field by field: a buggy or compromised signer must
+    produce a refusal, not a TypeError deep in the applier (found by tests/security fuzzing)."""
+    for name in ("model", "body_sha256", "expires_at"):
+        if not isinstance(getattr(u, name), str):
+            raise ParamFormatError(f"parameter update field {name!r} must be a string", where=name)
+    for name in ("version", "base_version", "body_size", "raw_size"):
+        v = getattr(u, name)
+        if not _is_int(v) or v < 0:
+            raise ParamFormatError(f"parameter update field {name!r} must be a non-negative integer", where=name)
+    try:
+        dt.datetime.strptime(u.expires_at, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError as e:
+        raise ParamFormatError(f"expires_at {u.expires_at[:40]!r} is not YYYY-MM-DDTHH:MM:SSZ", where="expires_at") from e
+    for path, a in u.artifacts.items():
+        if not all(isinstance(a.get(k), str) for k in ("format", "base_sha256", "result_sha256")):
+            raise ParamFormatError(f"{path}: format, base_sha256 and result_sha256 must be strings", where=path)
+        tensors = a.get("tensors")
+        if not isinstance(tensors, list) or not all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and _is_int(t.get("nbytes"))
+                and t["nbytes"] >= 0 for t in tensors):
+            raise ParamFormatError(f"{path}: tensors must be a list of {{name, nbytes >= 0, ...}}", where=path)
 
 
 def _delta(base: np.ndarray, new: np.ndarray, encoding: str) -> tuple[bytes, np.ndarray]:

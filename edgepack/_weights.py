@@ -7,6 +7,7 @@ TFLite buffers found with a minimal flatbuffer reader. Parameter updates
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -99,13 +100,16 @@ def _onnx_tensor(b: bytes, s: int, e: int) -> tuple[str, WeightSlot | None]:
 
 def _locate_onnx(b: bytes) -> dict[str, WeightSlot]:
     out: dict[str, WeightSlot] = {}
-    for num, wt, gs, ge in _fields(b, 0, len(b)):
-        if num == 7 and wt == 2:
-            for n2, w2, ts, te in _fields(b, gs, ge):
-                if n2 == 5 and w2 == 2:
-                    name, slot = _onnx_tensor(b, ts, te)
-                    if slot is not None:
-                        out[name] = slot
+    try:
+        for num, wt, gs, ge in _fields(b, 0, len(b)):
+            if num == 7 and wt == 2:
+                for n2, w2, ts, te in _fields(b, gs, ge):
+                    if n2 == 5 and w2 == 2:
+                        name, slot = _onnx_tensor(b, ts, te)
+                        if slot is not None:
+                            out[name] = slot
+    except UnicodeDecodeError as e:
+        raise ParamFormatError(f"not a readable ONNX model: a tensor name is not UTF-8 ({e.reason})") from e
     return out
 
 
@@ -192,7 +196,28 @@ def locate_weights(fmt: str, data: bytes) -> dict[str, WeightSlot]:
 
 
 def read_weights(fmt: str, data: bytes, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The named weights (all of them without ``names``) as arrays viewing ``data``.
+
+    Raises:
+        ParamFormatError: unknown format, unreadable file, a name the file does not have, or a
+            tensor whose bytes do not fit its declared shape (found by tests/security fuzzing).
+    """
     slots = locate_weights(fmt, data)
-    keep = slots if names is None else {n: slots[n] for n in names}
-    return {n: np.frombuffer(data, np.dtype(s.dtype).newbyteorder("<"), s.nbytes // np.dtype(s.dtype).itemsize,
-                             s.offset).reshape(s.shape) for n, s in keep.items()}
+    if names is None:
+        keep = slots
+    else:
+        names = list(names)
+        missing = [n for n in names if n not in slots]
+        if missing:
+            raise ParamFormatError(f"no weight(s) {missing[:5]} in the {fmt} file", where=fmt,
+                                   hint=f"it has {sorted(slots)[:10]}")
+        keep = {n: slots[n] for n in names}
+    out = {}
+    for n, s in keep.items():
+        dtype = np.dtype(s.dtype)
+        count = math.prod(s.shape)  # exact: a forged dim near 2**64 must not wrap around
+        if s.nbytes != count * dtype.itemsize or s.offset < 0 or s.offset + s.nbytes > len(data):
+            raise ParamFormatError(f"weight {n!r} has {s.nbytes} bytes, which do not fit {s.dtype}{list(s.shape)}",
+                                   where=n, hint="the model file is corrupt")
+        out[n] = np.frombuffer(data, dtype.newbyteorder("<"), count, s.offset).reshape(s.shape)
+    return out
