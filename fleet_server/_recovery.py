@@ -42,8 +42,8 @@ class WalScan:
 
     frames: int               #: whole frames in the file
     valid_frames: int         #: frames SQLite replays (up to the last commit before the first bad frame)
-    damaged_frame: int | None  #: 1-based index of the first frame of this generation that fails its checksum
-    lost_commits: int         #: commit frames of this generation after the damaged one (dropped silently)
+    damaged_frame: int | None  #: 1-based index of the frame where replay stops because of damage
+    lost_commits: int         #: commit frames of this generation after it (SQLite drops them silently)
 
     @property
     def damaged(self) -> bool:
@@ -78,23 +78,28 @@ def scan_wal(wal: Path) -> WalScan:
                                                          "(docs/fleet.md, Recovery)")
         return WalScan(0, 0, None, 0)
     s0, s1 = c1, c2
-    damaged = None
+    end = None  # the first frame SQLite will not replay
+    bad_checksum = False
     last_commit, lost = 0, 0
     for i in range(frames):
         off = _HEADER + i * frame_size
         hdr = data[off:off + _FRAME_HEADER]
         _pgno, commit_size, fs1, fs2, fc1, fc2 = struct.unpack(">6I", hdr)
-        if (fs1, fs2) != (salt1, salt2):
-            break  # a frame of an older generation: the log ends here (normal after a checkpoint)
-        if damaged is not None:
-            lost += commit_size != 0
+        current = (fs1, fs2) == (salt1, salt2)
+        if end is not None:
+            # after a checkpoint reset the tail holds frames of older generations (other salts);
+            # a commit frame of *this* generation here is a transaction SQLite will drop
+            lost += current and commit_size != 0
             continue
-        s0, s1 = _checksum(hdr[:8] + data[off + _FRAME_HEADER:off + frame_size], s0, s1, big)
-        if (s0, s1) != (fc1, fc2):
-            damaged = i + 1
-            continue
-        if commit_size:
-            last_commit = i + 1
+        if current:
+            s0, s1 = _checksum(hdr[:8] + data[off + _FRAME_HEADER:off + frame_size], s0, s1, big)
+            if (s0, s1) == (fc1, fc2):
+                if commit_size:
+                    last_commit = i + 1
+                continue
+            bad_checksum = True
+        end = i + 1
+    damaged = end if (lost or bad_checksum) else None
     return WalScan(frames, last_commit, damaged, lost)
 
 

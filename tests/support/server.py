@@ -48,21 +48,28 @@ class Server:
 
     def start(self) -> None:
         env = {**os.environ, "EDGEPACK_FLEET_TICK_S": "0.5", **self.env}
-        self.proc = subprocess.Popen([*CLI, "fleet", "serve", "--instance", str(self.instance), "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--workers", str(self.workers),
-                                      "--threads", str(self.threads), *self.extra_args],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 30
+        self.instance.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:  # stderr to a file next to the instance, for failures
+            self.proc = subprocess.Popen([*CLI, "fleet", "serve", "--instance", str(self.instance),
+                                          "--host", "127.0.0.1", "--port", str(self.port),
+                                          "--workers", str(self.workers), "--threads", str(self.threads),
+                                          *self.extra_args],
+                                         env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 60  # a shared 2-core machine under load can take a while
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode} while starting")
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise AssertionError(f"the server exited with {self.proc.returncode} while starting: {tail}")
             try:
                 if http_json("GET", f"{self.url}/healthz", timeout=1)[0] == 200:
                     return
             except OSError:
                 time.sleep(0.1)
-        raise AssertionError("the server did not start within 30 s")
+        raise AssertionError("the server did not start within 60 s")
+
+    @property
+    def log_path(self) -> Path:
+        return self.instance.parent / f"server-{self.port}.log"
 
     def kill(self) -> None:
         assert self.proc is not None
