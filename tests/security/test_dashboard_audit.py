@@ -64,3 +64,23 @@ def test_every_audit_field_is_escaped(logged_in, fleet):
     html = client.get("/audit").get_data(as_text=True)
     assert "<script>alert(1)" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_dashboard_actions_are_audited_with_the_session_admin(logged_in, fleet):
+    from sqlalchemy import select
+
+    from fleet_server._models import Alert
+    from fleet_server._models_audit import AuditEntry
+
+    client, csrf = logged_in
+    with fleet.db.write() as s:
+        s.add(Alert(level="warning", kind="test", message="m"))
+    assert client.post("/alerts/1/ack", data={"csrf_token": "0" * 64}).status_code == 400  # refused: not audited
+    assert client.post("/alerts/1/ack", data={"csrf_token": csrf}).status_code == 302
+    assert client.post("/logout", data={"csrf_token": csrf}).status_code == 302
+    with fleet.db.read() as s:
+        rows = [(e.actor, e.action, e.target) for e in s.scalars(select(AuditEntry).order_by(AuditEntry.seq))]
+    actor = rows[0][0]
+    assert actor.startswith("dashboard:test-admin#")
+    assert rows == [(actor, "dashboard.login", rows[0][2]), (actor, "api.dashboard.ack", "/alerts/1/ack"),
+                    (actor, "api.dashboard.logout", "/logout")]
