@@ -26,24 +26,56 @@ __all__ = ["build_tuned_onnx_int8", "build_with_converters", "build_with_own_pat
 _RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
 
 
-def build_with_converters(model, calib: np.ndarray, evals: np.ndarray, tmp: str) -> tuple[dict | None, float, str]:
-    """Returns (artifacts, seconds, description); artifacts is None with the reason when it fails."""
+def _autofix_summary(report: dict) -> dict:
+    """What localization and ``--auto-fix`` did for the int8 ONNX artifact, and what it cost."""
+    row = next((a for a in report.get("artifacts", []) if a["name"].endswith(".int8.onnx")), {})
+    loc, fix = row.get("localization") or {}, row.get("auto_fix") or {}
+    return {"first_diverging": (loc.get("first_diverging") or {}).get("node"),
+            "worst": [(w["node"], w["op_type"], round(w["gain_db"], 2)) for w in loc.get("worst", [])],
+            "sensitivity": loc.get("sensitivity"), "kept_in_float": fix.get("kept_in_float"),
+            "passed": fix.get("passed"), "tries": len(fix.get("tries", [])), "auto_fix_s": fix.get("seconds")}
+
+
+def build_with_converters(model, calib: np.ndarray, select: np.ndarray, tmp: str,
+                          auto_fix: bool = True) -> tuple[dict | None, float, str, dict]:
+    """Returns (artifacts, seconds, description, auto-fix summary); artifacts is None with the reason
+    when it fails.
+
+    ``select``: the pipeline's eval data, which localization and ``--auto-fix`` select nodes on:
+    fresh crops of the CALIBRATION photos, so the benchmark's agreement (on other photos) is held out.
+    With the default int8 budget the pipeline localizes and auto-fixes; if it still fails, the build
+    is re-run with the int8 budget off (the benchmark checks the issue's targets itself) and the
+    summary says so.
+    """
     try:
         import converters
     except ImportError as e:
-        return None, 0.0, f"import failed: {e}"
+        return None, 0.0, f"import failed: {e}", {}
     recipe = {
         "model": {"name": "efficientnet-lite0"},
-        "build": {"targets": ["onnx", "tflite"], "precisions": ["fp32", "int8-static"]},
-        "parity": {"int8-static": {"min_cosine": 0.0, "min_top1_agreement": 0.0, "max_accuracy_drop": 1.0}},
+        "build": {"targets": ["onnx", "tflite"], "precisions": ["fp32", "int8-static"], "auto_fix": auto_fix},
+        # the int8 budget auto-fix works towards, on the selection crops: output cosine >= 0.996
+        # (~21 dB SQNR) and top-1 >= 0.90, which is the model's own noise ceiling on such crops
+        # (torch vs itself under +-1/255 pixel noise: 0.88-0.91, explore_int8_agreement.py)
+        "parity": {"int8-static": {"min_cosine": 0.996, "min_top1_agreement": 0.90}},
     }
     t0 = time.perf_counter()
+    fix: dict = {}
     try:
-        result = converters.build(model, recipe, out=os.path.join(tmp, "edgepack-out"),
-                                  calibration=calib, eval_data=evals[:32])
+        try:
+            result = converters.build(model, recipe, out=os.path.join(tmp, "edgepack-out"),
+                                      calibration=calib, eval_data=select)
+        except converters.ParityFailedError as e:
+            fix = {"default_budget": "FAILED: " + e.message.replace("\n", "; ")[:400], "failed_build_s":
+                   round(time.perf_counter() - t0, 1)} | _autofix_summary(e.report)
+            t0 = time.perf_counter()
+            recipe["parity"] = {"int8-static": {"min_cosine": 0.0, "min_top1_agreement": 0.0, "max_accuracy_drop": 1.0}}
+            result = converters.build(model, recipe, out=os.path.join(tmp, "edgepack-out2"),
+                                      calibration=calib, eval_data=select)
     except Exception as e:  # the benchmark reports why and falls back; it never hides it
-        return None, 0.0, f"converters.build raised {type(e).__name__}: {str(e)[:300]}"
+        return None, 0.0, f"converters.build raised {type(e).__name__}: {str(e)[:300]}", fix
     seconds = time.perf_counter() - t0
+    fix = fix or ({"default_budget": "passed"} | _autofix_summary(result.report))
     arts = {}
     with zipfile.ZipFile(result.bundle) as z:
         for name in z.namelist():
@@ -56,7 +88,9 @@ def build_with_converters(model, calib: np.ndarray, evals: np.ndarray, tmp: str)
                 continue
             arts[f"edgepack {fmt} {precision}"] = {"runtime": _RUNTIME[fmt], "bytes": z.read(name),
                                                   "build_s": seconds, "precision": precision, "file": base}
-    return arts, seconds, "converters.build (ONNX + TFLite, fp32 + int8-static, settings 'auto' from converters._cpu)"
+    how = ("converters.build (ONNX + TFLite, fp32 + int8-static, settings 'auto' from converters._cpu"
+           + (", --auto-fix)" if auto_fix else ")"))
+    return arts, seconds, how, fix
 
 
 def build_with_own_path(model, calib: np.ndarray, tmp: str, rec) -> tuple[dict, float, str]:

@@ -26,9 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+from _effnet_bytes import onnx_breakdown, tflite_breakdown  # noqa: E402
 from _effnet_data import (  # noqa: E402
     CALIBRATION_PHOTOS,
     EVAL_PHOTOS,
+    IMAGENET_STD,
     crops,
     load_efficientnet_lite0,
     load_photos,
@@ -76,6 +78,18 @@ def confidence_breakdown(ref: np.ndarray, out: np.ndarray) -> dict[str, object]:
         rows[f"margin {lo:.1f}-{min(hi, 1.0):.1f}"] = {"n": int(sel.sum()),
                                                       "agreement": float(agree[sel].mean()) if sel.any() else None}
     return rows
+
+
+def noise_ceiling(model, evals: np.ndarray, ref: np.ndarray, seed: int = 100) -> dict[str, object]:
+    """Torch's own top-1 agreement with itself when every pixel moves by up to +-1/255."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(-1 / 255, 1 / 255, evals.shape).astype(np.float32) / IMAGENET_STD[None, :, None, None]
+    with torch.no_grad():
+        out = model(torch.from_numpy(evals + noise)).numpy()
+    return {"top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+            "by_confidence": confidence_breakdown(ref, out)}
 
 
 def run_latency(arts: dict[str, dict], evals: np.ndarray, runs: int) -> None:
@@ -139,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer crops and timed runs (smoke run, ~4 min)")
     ap.add_argument("--json", metavar="PATH", help="also write every figure as JSON here")
     ap.add_argument("--no-edgepack-build", action="store_true", help="skip converters.build; use the own path")
+    ap.add_argument("--no-auto-fix", action="store_true", help="build without --auto-fix")
     args = ap.parse_args(argv)
     runs = 30 if args.quick else 100
 
@@ -150,16 +165,20 @@ def main(argv: list[str] | None = None) -> int:
     model = load_efficientnet_lite0()
     calib = crops(load_photos(CALIBRATION_PHOTOS), per_photo=4 if args.quick else 8, seed=0)
     evals = crops(load_photos(EVAL_PHOTOS), per_photo=4 if args.quick else 10, seed=1)
+    # the pipeline's own eval data (auto-fix selects nodes on it): other crops of the CALIBRATION photos
+    select = crops(load_photos(CALIBRATION_PHOTOS), per_photo=4, seed=2)
     with torch.no_grad():
         ref = model(torch.from_numpy(evals)).numpy()
     cpu = detect_cpu()
     report: dict[str, object] = {"cpu": cpu.to_dict(), "recommendation": recommend_ort_int8(cpu).to_dict(),
-                                 "calib_crops": len(calib), "eval_crops": len(evals), "runs": runs}
+                                 "calib_crops": len(calib), "eval_crops": len(evals), "select_crops": len(select),
+                                 "runs": runs, "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
     with tempfile.TemporaryDirectory() as tmp:
         arts = plain_tools(model, calib, tmp)
         edge, build_s, how = None, 0.0, ""
         if not args.no_edgepack_build:
-            edge, build_s, how = build_with_converters(model, calib, evals, tmp)
+            edge, build_s, how, report["auto_fix"] = build_with_converters(model, calib, select, tmp,
+                                                                           auto_fix=not args.no_auto_fix)
         if edge is None:
             note = how
             edge, build_s, how = build_with_own_path(model, calib, tmp, recommend_ort_int8(cpu))
@@ -168,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         arts.update(build_tuned_onnx_int8(model, calib, tmp, recommend_ort_int8(cpu)))
         report["edgepack_path"] = how
         report["edgepack_build_s"] = round(build_s, 1)
-        for a in arts.values():
+        for k, a in arts.items():
             runner = ort_runner if a["runtime"] == "onnxruntime" else litert_runner
             a.update(parity(ref, runner(a["bytes"], 2)(evals)))
             if a["precision"] == "int8":
                 a["by_confidence"] = confidence_breakdown(ref, runner(a["bytes"], 2)(evals))
+            if k.startswith("edgepack"):
+                a["bytes_by_role"] = (onnx_breakdown if a["runtime"] == "onnxruntime" else tflite_breakdown)(a["bytes"])
+        report["noise_ceiling"] = noise_ceiling(model, evals, ref)
         run_latency(arts, evals, runs)
         torch_row = torch_latency(model, evals, runs)
     print(f"cpu: {cpu.model_name} isa={cpu.isa}; edgepack path: {how}; build {build_s:.1f}s")
@@ -183,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     for k, a in arts.items():
         if "by_confidence" in a:
             print(f"  {k} top-1 agreement by torch top1-top2 softmax margin: {a['by_confidence']}")
+    print(f"  noise ceiling (torch vs torch, +-1/255 pixel noise): {report['noise_ceiling']}")
+    print(f"  auto-fix: {report.get('auto_fix')}")
+    for k, a in arts.items():
+        if "bytes_by_role" in a:
+            print(f"  {k} bytes: {a['bytes_by_role']}")
+    report["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     report["torch"] = torch_row
     report["artifacts"] = {k: {kk: vv for kk, vv in a.items() if kk != "bytes"} | {"size_bytes": len(a["bytes"])}
                            for k, a in arts.items()}

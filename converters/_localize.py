@@ -41,7 +41,7 @@ class LocalizeConfig:
     diverge_sqnr_db: float = 20.0
     worst_nodes: int = 5
     max_excluded: int = 5
-    samples: int = 16
+    samples: int = 8
     #: auto-fix re-quantizes at most this many times
     max_tries: int = 8
     #: a node whose measured output-SQNR gain is below this is not worth keeping in float

@@ -283,6 +283,7 @@ def _check_artifact(a: Artifact, rec: Recipe, spec: IOSpec, x: np.ndarray, y: np
         with step(f"localize {a.name}"):
             t0 = time.perf_counter()
             loc = _localize.run(a.float_graph, a.data, x, loc_cfg)
+            t1 = time.perf_counter()
             sens = _sensitivity.rank(a.data, a.float_graph, x, _sensitivity.SensitivityConfig(
                 loc_cfg.input_name, loc_cfg.samples, loc_cfg.max_candidates))
         row["localization"] = {
@@ -291,7 +292,9 @@ def _check_artifact(a: Artifact, rec: Recipe, spec: IOSpec, x: np.ndarray, y: np
             "worst_tensors": loc["worst_tensors"], "tensors": loc["tensors"],
             "sensitivity": {"base_output_sqnr_db": sens["base_sqnr_db"], "measured": sens["measured"],
                             "candidates": sens["candidates"], "samples": int(min(len(x), loc_cfg.samples)),
-                            "seconds": round(time.perf_counter() - t0, 2)}}
+                            "sessions": sens["sessions"], "groups": sens["groups"],
+                            "seconds": round(time.perf_counter() - t1, 2)},
+            "seconds": round(t1 - t0, 2)}
         if rec.build.auto_fix and calib is not None:
             metrics, fails = _auto_fix(a, rec, spec, x, y, refs, calib, sens["rows"], loc_cfg, pcfg, row, metrics)
             row.update(metrics=metrics, failures=fails)

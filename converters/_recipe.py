@@ -128,7 +128,12 @@ class OnnxSection:
 
 @dataclass(frozen=True)
 class TfliteSection:
-    int8_io: bool = False
+    #: int8-static: integer input/output tensors. Unset: Keras sources keep float I/O, torch sources
+    #: (ai-edge-quantizer) get int8 I/O, recorded in the artifact's io_quant
+    int8_io: bool | None = None
+    #: int8-static from a torch source: "minmax" (true range over the calibration set) | "moving_average"
+    #: (ai-edge-quantizer's own average of per-sample ranges, which clips outliers; see _quantize_tflite)
+    calibration_method: str = "minmax"
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,7 @@ class LocalizeSection:
     #: nodes whose measured output-SQNR gain in float is below this (dB) are not tried
     min_gain_db: float = 0.25
     #: eval samples for localization and the per-node sensitivity measurement
-    samples: int = 16
+    samples: int = 8
     #: at most this many quantized nodes get their sensitivity measured (one ORT session each)
     max_candidates: int = 16
 
@@ -310,6 +315,9 @@ def _validate(sec: Any, where: str) -> None:
         if bad:
             raise ConfigError(f"unknown precision {bad[0]!r}", where=f"{where}.precisions",
                               hint=f"use {PRECISIONS} (or 'int8' for int8-static)")
+    if isinstance(sec, TfliteSection) and sec.calibration_method not in ("minmax", "moving_average"):
+        raise ConfigError(f"{where}.calibration_method must be one of ('minmax', 'moving_average')",
+                          where=f"{where}.calibration_method")
     if isinstance(sec, OnnxSection):
         for k, ok in (("calibration_method", ("minmax", "entropy", "percentile")),
                       ("activation_type", ("auto", "uint8", "int8")),

@@ -27,7 +27,7 @@ __all__ = ["SensitivityConfig", "bypass", "candidates", "rank", "reads_quantized
 class SensitivityConfig:
     input_name: str = "input"
     #: held-out samples each candidate is measured on
-    samples: int = 16
+    samples: int = 8
     #: up to this many candidates, each is measured alone; above it, coarse to fine (below)
     max_candidates: int = 16
     #: coarse pass: the candidates in graph order are cut into this many contiguous groups, each
