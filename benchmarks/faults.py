@@ -2,8 +2,10 @@
 many times, and count what went wrong afterwards.
 
 Each round runs every scenario of ``tests/support/faults.py`` once (the upload scenario
-kills ``--upload-kills`` uploads per server) with kill points drawn from a seeded RNG, on
-real parts (gunicorn + SQLite on 127.0.0.1, ``edgepack device run``, real ONNX inference).
+kills ``--upload-kills`` uploads per server, the install one 5 installs, the WAL one damages
+2 copies) with kill points, free space and damaged bytes drawn from a seeded RNG, on real
+parts (gunicorn + SQLite on 127.0.0.1, ``edgepack device run``, real ONNX inference, a
+3 MB tmpfs for the full disk, so run it as root).
 After each restart the scenario checks its invariants; a problem is either *data loss*
 (something a client got a 2xx for is gone) or an *inconsistency* (state that disagrees
 with itself or with what clients were told; a device not on a verified model). Run:
@@ -34,7 +36,8 @@ from support import faults  # noqa: E402
 
 from edgepack import Trust, generate_key  # noqa: E402
 
-SCENARIOS = ["upload_kill", "round_close_kill", "agent_download_kill", "training_kill"]
+SCENARIOS = ["upload_kill", "round_close_kill", "agent_download_kill", "install_kill", "training_kill", "disk_full",
+             "wal_damage"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.faults import committed_transactions, wal_snapshot
 from support.server import CLI, Server, free_port, http_json
 
 from edgepack import CorruptStateError
@@ -28,31 +29,7 @@ def _serve_refused(inst: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def _wal_snapshot(inst: Path, dest: Path) -> None:
-    """N_TX committed transactions left in the WAL, as a crash (not a clean close) leaves them."""
-    db = inst / "fleet.db"
-    con = sqlite3.connect(db, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA wal_autocheckpoint=0")
-    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    for i in range(N_TX):  # one transaction = two rows, so a torn transaction would show
-        con.execute("BEGIN IMMEDIATE")
-        con.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (f"tx{i}a", "x" * 200))
-        con.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (f"tx{i}b", "y" * 200))
-        con.execute("COMMIT")
-    shutil.copytree(inst, dest)  # the files as they are while the connection still holds the WAL
-    con.close()
-
-
-def _committed(inst: Path) -> list[int]:
-    con = sqlite3.connect(inst / "fleet.db")
-    try:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        keys = {k for (k,) in con.execute("SELECT key FROM meta WHERE key LIKE 'tx%'")}
-    finally:
-        con.close()
-    done = sorted(int(k[2:-1]) for k in keys if k.endswith("a"))
-    assert {f"tx{i}b" for i in done} <= keys and len(keys) == 2 * len(done), "a transaction was torn"
-    return done
+    wal_snapshot(inst, dest, N_TX)
 
 
 def _started(inst: Path, *extra: str) -> bool:
@@ -116,7 +93,7 @@ def test_damaged_wal_frame_before_committed_transactions_is_refused(instance, tm
     assert wal.read_bytes() == bytes(raw)  # refused before SQLite could replay (and drop) anything
 
     assert _started(crashed, "--accept-wal-loss")  # the operator's explicit choice
-    assert len(_committed(crashed)) < N_TX
+    assert len(committed_transactions(crashed)) < N_TX
 
 
 @pytest.mark.parametrize("cut", ["mid_frame", "last_frame_damaged"])
@@ -135,5 +112,5 @@ def test_torn_wal_tail_starts_on_a_prefix_of_whole_transactions(instance, tmp_pa
     wal.write_bytes(bytes(raw))
     assert not scan_wal(wal).damaged
     assert _started(crashed)
-    done = _committed(crashed)
+    done = committed_transactions(crashed)
     assert done == list(range(N_TX - 1))  # every whole transaction before the torn one, in order

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -45,8 +46,9 @@ from .models import onnx_linear
 from .proxy import TargetProxy
 from .server import CLI, Server, free_port, http_json
 
-__all__ = ["Device", "FleetProc", "Outcome", "agent_download_kill", "digits_data", "linear_bundle",
-           "random_bundle", "round_close_kill", "training_kill", "upload_kill"]
+__all__ = ["Device", "FleetProc", "Outcome", "agent_download_kill", "committed_transactions", "digits_data",
+           "disk_full", "install_kill", "linear_bundle", "random_bundle", "round_close_kill", "training_kill",
+           "upload_kill", "wal_damage", "wal_snapshot"]
 
 
 @dataclass
@@ -358,10 +360,11 @@ def _device_run(server: str, state: Path, *extra: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _verified(state: Path, trust: Trust, version: int, out: Outcome) -> None:
+def _verified(state: Path, trust: Trust, version: int, out: Outcome, *, final: bool = True) -> None:
+    """Check the device at ``state`` runs a verified ``version``; ``final`` counts it in the tally."""
     import runtime
 
-    out.devices += 1
+    out.devices += final
     try:
         model = runtime.InstallStore(state, trust).load_active(allow_fallback=False)
         ok = model.version == version and runtime.health_check(model).ok
@@ -369,7 +372,7 @@ def _verified(state: Path, trust: Trust, version: int, out: Outcome) -> None:
         out.problems.append(f"inconsistent: the device's active model does not load: {e}")
         return
     if ok:
-        out.verified += 1
+        out.verified += final
     else:
         out.problems.append(f"inconsistent: the device runs v{model.version}, expected a verified v{version}")
 
@@ -508,4 +511,176 @@ def training_kill(work: Path, trust_file: Path, key: SigningKey, rng: random.Ran
                                 f"update(s) from the device, expected exactly 1 ({rows})")
         _verified(state / "store", trust, 1, out)
         fleet.integrity(out)
+    return out
+
+
+# ---- device SIGKILL during an install (the long test is tests/runtime/test_crash.py) ----------
+INSTALL_CHILD = r"""
+import sys
+import edgepack, runtime
+state, v2, trust_path = sys.argv[1:4]
+store = runtime.InstallStore(state, edgepack.load_trust(trust_path))
+print("ready", flush=True)
+while True:
+    store.install(v2)
+    store.rollback("fault loop")
+"""
+
+
+def install_kill(work: Path, trust_file: Path, key: SigningKey, rng: random.Random, *, kills: int = 5,
+                 window_s: float = 0.3) -> Outcome:
+    """SIGKILL a process that installs and rolls back in a loop; the store is always old or new, whole."""
+    import runtime
+
+    out = Outcome("device SIGKILL during install")
+    trust = load_trust(trust_file)
+    v1 = linear_bundle(work, key, 1)
+    (work / "v2").mkdir()
+    v2 = linear_bundle(work / "v2", key, 2)
+    expected = {v: runtime.load(b, trust).manifest.to_dict() for v, b in ((1, v1), (2, v2))}
+    state = work / "state"
+    runtime.InstallStore(state, trust).install(v1).raise_for_status()
+    for _ in range(kills):
+        p = subprocess.Popen([sys.executable, "-c", INSTALL_CHILD, str(state), str(v2), str(trust_file)],
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, window_s))
+        p.kill()
+        p.wait(timeout=30)
+        p.stdout.close()
+        out.injected += 1
+        out.mid += 1
+        out.devices += 1
+        try:
+            model = runtime.InstallStore(state, trust).load_active(allow_fallback=False)
+            if model.manifest.to_dict() != expected.get(model.version) or not runtime.health_check(model).ok:
+                out.problems.append(f"inconsistent: active v{model.version} is not exactly a verified v1 or v2")
+            else:
+                out.verified += 1
+        except Exception as e:  # noqa: BLE001 (any failure here is the finding)
+            out.problems.append(f"inconsistent: the active model does not load after the kill: {e}")
+    return out
+
+
+# ---- a full disk during an install ------------------------------------------------------------
+def disk_full(work: Path, trust_file: Path, key: SigningKey, rng: random.Random, *, report: int = 1_000_000) -> Outcome:
+    """Install v2 on a small tmpfs left with a random amount of free space below what v2 needs."""
+    import runtime
+
+    out = Outcome("disk full during install")
+    trust = load_trust(trust_file)
+    mnt = work / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        out.problems.append("inconsistent: cannot mount a tmpfs here (run as root)")
+        return out
+    try:
+        v1 = linear_bundle(work, key, 1)
+        (work / "v2").mkdir()
+        v2 = linear_bundle(work / "v2", key, 2, report=report)
+        state = mnt / "state"
+        store = runtime.InstallStore(state, trust)
+        store.install(v1).raise_for_status()
+        st = os.statvfs(mnt)
+        free = st.f_bavail * st.f_frsize
+        leave = rng.randint(16 << 10, v2.stat().st_size - (8 << 10))
+        filler = mnt / "filler"
+        filler.write_bytes(b"\0" * max(0, free - leave))
+        before = {p.relative_to(state) for p in state.rglob("*") if p.is_file()}
+        res = store.install(v2)
+        out.injected += 1
+        out.mid += 1
+        if res.ok or (res.reason or {}).get("code") != "no_space":
+            out.problems.append(f"inconsistent: install on a full disk gave {res.ok} {res.reason}")
+        after = {p.relative_to(state) for p in state.rglob("*") if p.is_file()}
+        if after != before:
+            out.problems.append(f"inconsistent: files left behind: {sorted(map(str, after ^ before))}")
+        _verified(state, trust, 1, out, final=False)
+        filler.unlink()
+        if not store.install(v2).ok:
+            out.problems.append("inconsistent: the install did not succeed once space was freed")
+        _verified(state, trust, 2, out)
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    return out
+
+
+# ---- a damaged WAL frame -----------------------------------------------------------------------
+def wal_snapshot(inst: Path, dest: Path, transactions: int) -> None:
+    """``transactions`` committed transactions (two rows each) left in the WAL, as a crash leaves them."""
+    con = sqlite3.connect(inst / "fleet.db", isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA wal_autocheckpoint=0")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for i in range(transactions):
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (f"tx{i}a", "x" * 200))
+        con.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (f"tx{i}b", "y" * 200))
+        con.execute("COMMIT")
+    shutil.copytree(inst, dest)  # the files as they are while the connection still holds the WAL
+    con.close()
+
+
+def committed_transactions(inst: Path) -> list[int]:
+    """The wal_snapshot transactions present; raises AssertionError on a torn one or a bad page."""
+    con = sqlite3.connect(inst / "fleet.db")
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        keys = {k for (k,) in con.execute("SELECT key FROM meta WHERE key LIKE 'tx%'")}
+    finally:
+        con.close()
+    done = sorted(int(k[2:-1]) for k in keys if k.endswith("a"))
+    assert {f"tx{i}b" for i in done} <= keys and len(keys) == 2 * len(done), "a transaction was torn"
+    return done
+
+
+def wal_damage(work: Path, trust_file: Path, key: SigningKey, rng: random.Random, *, transactions: int = 6,
+               injections: int = 2) -> Outcome:
+    """Flip one random byte of one random WAL frame; ``fleet serve`` must refuse exactly when committed
+    transactions would be dropped, and otherwise start on every whole transaction before the damage."""
+    out = Outcome("damaged WAL frame")
+    fleet = FleetProc(work, trust_file)
+    clean = work / "clean"
+    wal_snapshot(fleet.inst, clean, transactions)
+    raw0 = (clean / "fleet.db-wal").read_bytes()
+    page = int.from_bytes(raw0[8:12], "big")
+    frames = (len(raw0) - 32) // (page + 24)
+    commits = [i + 1 for i in range(frames) if int.from_bytes(raw0[32 + i * (page + 24) + 4:][:4], "big")]
+    for k in range(injections):
+        inst = work / f"damaged{k}"
+        shutil.copytree(clean, inst)
+        f = rng.randint(1, frames)
+        at = 32 + (f - 1) * (page + 24) + rng.randrange(page + 24)
+        raw = bytearray(raw0)
+        raw[at] ^= 1 << rng.randrange(8)
+        (inst / "fleet.db-wal").write_bytes(bytes(raw))
+        out.injected += 1
+        out.mid += 1
+        must_refuse = any(c > f for c in commits)
+        port = free_port()
+        p = subprocess.run([*CLI, "fleet", "serve", "--instance", str(inst), "--port", str(port), "--workers", "1"],
+                           capture_output=True, text=True, timeout=20) if must_refuse else None
+        if must_refuse:
+            if p is None or p.returncode != 13:
+                out.problems.append(f"loss: frame {f} damaged before committed ones, serve did not refuse "
+                                    f"({p and p.returncode})")
+            continue
+        server = Server(inst, port)
+        try:
+            server.start()
+        except AssertionError as e:
+            out.problems.append(f"inconsistent: damage only in the last transaction (frame {f}) and serve "
+                                f"refused: {e}")
+            continue
+        finally:
+            server.stop()
+        try:
+            got = committed_transactions(inst)
+        except AssertionError as e:
+            out.problems.append(f"inconsistent: {e}")
+            continue
+        want = list(range(sum(c < f for c in commits)))
+        if got != want:
+            out.problems.append(f"loss: frame {f} damaged: {len(got)} transactions present, {len(want)} expected")
     return out
