@@ -94,11 +94,13 @@ def _produce_tflite(m: LoadedModel, spec: IOSpec, recipe: Recipe, precisions: tu
             # litert-torch converts once; ai-edge-quantizer quantizes the flatbuffer
             fp32 = fp32 or _export_tflite.run(m, spec)
             data = fp32.data if p == "fp32" else _quantize_tflite.run(
-                fp32.data, _quantize_tflite.TfliteQuantizeConfig(precision=p, calibration=calib))
+                fp32.data, _quantize_tflite.TfliteQuantizeConfig(
+                    precision=p, calibration=calib, int8_io=recipe.tflite.int8_io is not False,
+                    calibration_method=recipe.tflite.calibration_method))
             fixed = fp32.fixed_batch
         else:
             res = _export_tflite.run(m, spec, _export_tflite.TfliteExportConfig(
-                precision=p, int8_io=recipe.tflite.int8_io, calibration=calib))
+                precision=p, int8_io=bool(recipe.tflite.int8_io), calibration=calib))
             data, fixed = res.data, res.fixed_batch
         extra: dict[str, Any] = {}
         if fixed:

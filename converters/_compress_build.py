@@ -122,7 +122,8 @@ def compress(m: _load.LoadedModel, rec: Recipe, train: _data.Dataset, x_eval: np
 def search(run: CompressionRun, rec: Recipe, train: _data.Dataset, calib_x: np.ndarray | None, x_eval: np.ndarray,
            y_eval: np.ndarray | None) -> Recipe:
     """``[build] search``: measure the ``[search]`` candidates on the (compressed) model, switch ``run``
-    to the pick and return the recipe narrowed to the pick's precision. A pick that misses the budget
+    to the pick and return the recipe narrowed to the pick's target, precision and quantization settings
+    (``[search] targets`` defaults to the recipe's ``[build] targets``). A pick that misses the budget
     is still built (the best so far), with a warning naming the failed constraint.
 
     Raises:
@@ -136,7 +137,8 @@ def search(run: CompressionRun, rec: Recipe, train: _data.Dataset, calib_x: np.n
     cfg = rec.search or _search.SearchConfig()
     with step("search"):
         best_model, res = _search.run(copy.deepcopy(run.model.model), cfg, eval_x=x_eval, eval_y=y_eval,
-                                      calib_x=calib_x, train_x=train.x, train_y=train.y)
+                                      calib_x=calib_x, train_x=train.x, train_y=train.y,
+                                      default_targets=tuple(rec.build.targets))
     run.search = res
     if res.best is None or best_model is None:
         errors = "; ".join(f"{c.label}: {c.error}" for c in res.candidates if c.error) or res.status
@@ -144,9 +146,18 @@ def search(run: CompressionRun, rec: Recipe, train: _data.Dataset, calib_x: np.n
                               hint="check the [search] precisions and ratios, or build without --search")
     best_model.eval()
     run.model = dataclasses.replace(run.model, model=best_model)
-    b = res.best
-    onnx = {"calibration_method": b.calibration_method} if b.calibration_method else {}
-    return rec.with_overrides(build={"precisions": (b.precision,)}, onnx=onnx)
+    return rec.with_overrides(**_pick_overrides(res.best))
+
+
+def _pick_overrides(b: Any) -> dict[str, dict[str, Any]]:
+    """The recipe changes that make the build ship exactly the measured pick: its target, its
+    precision and that target's quantization settings."""
+    out: dict[str, dict[str, Any]] = {"build": {"targets": (b.target,), "precisions": (b.precision,)}}
+    if b.target == "onnx":
+        out["onnx"] = {"calibration_method": b.calibration_method, "per_channel": b.per_channel}
+    elif b.target == "tflite":
+        out["tflite"] = {"calibration_method": b.calibration_method, "int8_io": b.int8_io}
+    return out
 
 
 def search_warning(run: CompressionRun) -> str | None:

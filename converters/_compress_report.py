@@ -30,18 +30,31 @@ def passes_text(reports: list[PassReport]) -> str:
 
 def search_text(res: SearchResult) -> str:
     front = {c.label for c in res.front}
-    rows = [(c.label, _pct(c.accuracy), "-" if c.accuracy_drop is None else f"{100 * c.accuracy_drop:+.2f}",
+    rows = [(c.target, c.label, _pct(c.accuracy), "-" if c.accuracy_drop is None else f"{100 * c.accuracy_drop:+.2f}",
              c.size, c.size_xz, f"{c.latency_ms:.3f}", "*" if c.label in front else "",
              c.error or "; ".join(c.failed) or "ok") for c in res.candidates]
     head = f"search: {res.status}; pick: {res.best.label if res.best else 'none'}"
     if res.best and res.best.failed:
         head += f" (fails {'; '.join(res.best.failed)})"
-    return head + "\n" + table(("candidate", "accuracy", "points lost", "bytes", "xz bytes", "p50 ms", "front",
-                                "budget"), rows)
+    return head + "\n" + table(("target", "candidate", "accuracy", "points lost", "bytes", "xz bytes", "p50 ms",
+                                "front", "budget"), rows)
+
+
+#: how each target's candidates are drawn in the plot (circle / square), so the reader sees the runtime
+_MARKERS = {"onnx": "circle", "tflite": "square"}
+
+
+def _marker(target: str, cx: float, cy: float, colour: str, title: str) -> str:
+    if _MARKERS.get(target) == "square":
+        return (f"<rect x='{cx - 4:.1f}' y='{cy - 4:.1f}' width='8' height='8' fill='{colour}' "
+                f"data-target='{html.escape(target)}'><title>{title}</title></rect>")
+    return (f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4' fill='{colour}' data-target='{html.escape(target)}'>"
+            f"<title>{title}</title></circle>")
 
 
 def pareto_svg(res: SearchResult, width: int = 420, height: int = 260) -> str:
-    """Size (x, log-free) against accuracy drop (y); front in blue, pick ringed, others grey."""
+    """Size (x, log-free) against accuracy drop (y); front in blue, pick ringed, others grey;
+    ONNX candidates are circles and TFLite candidates squares (legend in the corner)."""
     pts = [c for c in res.candidates if c.error is None and c.accuracy_drop is not None]
     if not pts:
         return "<svg width='10' height='10'></svg>"
@@ -60,11 +73,13 @@ def pareto_svg(res: SearchResult, width: int = 420, height: int = 260) -> str:
            "<text x='10' y='14' font-size='11'>accuracy points lost</text>",
            f"<line x1='{pad}' y1='{height - pad}' x2='{width - pad}' y2='{height - pad}' stroke='#888'/>",
            f"<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{height - pad}' stroke='#888'/>"]
+    legend = ", ".join(f"{t}: {_MARKERS.get(t, 'circle')}" for t in sorted({c.target for c in pts}))
+    out.append(f"<text x='{width - pad}' y='14' font-size='11' text-anchor='end'>{html.escape(legend)}</text>")
     for c, x, y in zip(pts, xs, ys, strict=False):
         cx, cy = px(x, y)
         colour = "#3b6fd8" if c.label in front else "#aaa"
-        out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4' fill='{colour}'><title>{html.escape(c.label)}: "
-                   f"{x} B, {y:+.2f} pts, {c.latency_ms:.3f} ms</title></circle>")
+        out.append(_marker(c.target, cx, cy, colour, f"{html.escape(c.label)}: {x} B, {y:+.2f} pts, "
+                                                     f"{c.latency_ms:.3f} ms"))
         if res.best is not None and c.label == res.best.label:
             out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='8' fill='none' stroke='#c0392b' stroke-width='2'/>")
     out.append("</svg>")
@@ -124,7 +139,7 @@ def _result_from_dict(d: dict) -> SearchResult:
     from ._search import Candidate
 
     names = [f.name for f in fields(Candidate)]
-    cands = [Candidate(**{k: c[k] for k in names}) for c in d["candidates"]]
+    cands = [Candidate(**{k: c[k] for k in names if k in c}) for c in d["candidates"]]
     by_label = {c.label: c for c in cands}
     best = by_label.get(d["best"]["label"]) if d.get("best") else None
     return SearchResult(cands, None, best, d["status"], d["met_budget"], [by_label[x] for x in d["front"]

@@ -78,13 +78,21 @@ class _Reader:
         return next(self._it, None)
 
 
-def _q_dynamic(src: str, dst: str, calib: np.ndarray | None, method: str) -> None:
+def _q_fp16(src: str, dst: str, calib: np.ndarray | None, method: str, per_channel: bool) -> None:
+    import onnx
+    from onnxconverter_common import float16
+
+    # keep_io_types: the device feeds float32; the casts sit inside the graph (as in _quantize_onnx)
+    onnx.save(float16.convert_float_to_float16(onnx.load(src), keep_io_types=True), dst)
+
+
+def _q_dynamic(src: str, dst: str, calib: np.ndarray | None, method: str, per_channel: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel)
 
 
-def _q_static(src: str, dst: str, calib: np.ndarray | None, method: str) -> None:
+def _q_static(src: str, dst: str, calib: np.ndarray | None, method: str, per_channel: bool) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if calib is None:
@@ -94,15 +102,16 @@ def _q_static(src: str, dst: str, calib: np.ndarray | None, method: str) -> None
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     # uint8 activations: signed ones made EfficientNet-Lite0 3.5x slower than fp32 under ORT here (issue #3)
-    quantize_static(src, dst, _Reader(calib.astype(np.float32)), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(src, dst, _Reader(calib.astype(np.float32)), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=methods[method])
 
 
-QUANTIZERS = {"int8-dynamic": _q_dynamic, "int8-static": _q_static}
+QUANTIZERS = {"fp16": _q_fp16, "int8-dynamic": _q_dynamic, "int8-static": _q_static}
 
 
-def quantize(onnx_bytes: bytes, precision: str, calib: np.ndarray | None = None, method: str = "minmax") -> bytes:
+def quantize(onnx_bytes: bytes, precision: str, calib: np.ndarray | None = None, method: str = "minmax",
+             per_channel: bool = True) -> bytes:
     """The artifact at ``precision`` (``fp32`` returns it unchanged).
 
     Raises:
@@ -123,7 +132,7 @@ def quantize(onnx_bytes: bytes, precision: str, calib: np.ndarray | None = None,
         # measures the result either way, so keep the terminal readable
         root.setLevel(logging.ERROR)
         try:
-            QUANTIZERS[precision](src, dst, calib, method)
+            QUANTIZERS[precision](src, dst, calib, method, per_channel)
         finally:
             root.setLevel(level)
         with open(dst, "rb") as f:

@@ -1,9 +1,12 @@
 """The ``[search]`` pass: accuracy-aware search over compression recipes.
 
-Candidates are the product of structured ratios x sparsities x precisions
-(x calibration methods for int8-static). Each is built, exported and measured
-in the target runtime (onnxruntime by default, or the caller's ``measure``)
-for accuracy, size and latency. The result holds every measurement, the
+Candidates are the product of structured ratios x sparsities x *variants*; a
+variant is a target (``onnx`` / ``tflite``) x precision (fp32, fp16,
+int8-dynamic, int8-static) x that target's quantization settings (ORT:
+calibration method and per-channel weights; TFLite: calibration method and
+int8 I/O). Each candidate is built, exported and measured on its OWN runtime
+(onnxruntime for ONNX, ai-edge-litert's Interpreter for TFLite; or the
+caller's ``measure``) for accuracy, size and latency. The result holds every measurement, the
 Pareto front (accuracy drop, size, latency) and the pick: the smallest (or
 fastest, ``objective``) candidate meeting ``max_accuracy_drop``,
 ``max_latency_ms`` and ``max_size_mb``. All candidates run (unlike INC's
@@ -35,14 +38,18 @@ import numpy as np
 
 from edgepack import ConfigError
 
-from . import _onnx_eval, _prune, _prune_structured, _transport
+from . import _onnx_eval, _prune, _prune_structured, _quantize_tflite, _tflite_eval, _transport
 from ._compress_errors import EvalDataRequiredError
 from ._prune import check_sparsity
 
-__all__ = ["Candidate", "SearchConfig", "SearchResult", "pareto_front", "run"]
+__all__ = ["MEASURES", "TARGETS", "Candidate", "SearchConfig", "SearchResult", "Variant", "pareto_front", "run",
+           "variants"]
 
 OBJECTIVES = ("size", "latency")
 SIZE_METRICS = ("raw", "xz")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-static")
+TARGETS = ("onnx", "tflite")
+ORT_CALIBRATION = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,17 @@ class SearchConfig:
 
     sparsities: tuple[float, ...] = (0.0, 0.5, 0.8)
     structured_ratios: tuple[float, ...] = (0.0, 0.3, 0.5)
+    #: runtimes to measure on; empty: the build's [build] targets (standalone ``run``: onnx)
+    targets: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ("fp32", "int8-dynamic", "int8-static")
+    #: ONNX int8-static: ORT calibration methods (minmax | entropy | percentile)
     calibration_methods: tuple[str, ...] = ("minmax",)
+    #: ONNX int8: per-channel weight scales on / off
+    per_channel: tuple[bool, ...] = (True,)
+    #: TFLite int8-static: calibration range merge (minmax | moving_average, see _quantize_tflite)
+    tflite_calibration_methods: tuple[str, ...] = ("minmax",)
+    #: TFLite int8-static: integer input/output tensors on / off
+    tflite_int8_io: tuple[bool, ...] = (True,)
     #: fraction, like [parity] max_accuracy_drop: 0.01 = one accuracy point
     max_accuracy_drop: float | None = 0.01
     max_latency_ms: float | None = None
@@ -73,14 +89,72 @@ class SearchConfig:
             check_sparsity(s, "[search] sparsities")
         for r in self.structured_ratios:
             check_sparsity(r, "[search] structured_ratios")
-        bad = [p for p in self.precisions if p != "fp32" and p not in _onnx_eval.QUANTIZERS]
+        bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
             raise ConfigError(f"[search] precisions: unsupported {bad or 'empty list'}", where="[search] precisions",
-                              hint=f"use fp32, {', '.join(sorted(_onnx_eval.QUANTIZERS))}")
+                              hint=f"use {', '.join(PRECISIONS)}")
+        for name, values, ok in (("targets", self.targets, TARGETS),
+                                 ("calibration_methods", self.calibration_methods, ORT_CALIBRATION),
+                                 ("tflite_calibration_methods", self.tflite_calibration_methods,
+                                  _quantize_tflite.CALIBRATION_METHODS)):
+            if any(v not in ok for v in values):
+                raise ConfigError(f"[search] {name}: unsupported {[v for v in values if v not in ok]}",
+                                  where=f"[search] {name}", hint=f"use {', '.join(ok)}")
+        for name, flags in (("per_channel", self.per_channel), ("tflite_int8_io", self.tflite_int8_io)):
+            if not flags or any(not isinstance(f, bool) for f in flags):
+                raise ConfigError(f"[search] {name} must be a non-empty list of true/false", where=f"[search] {name}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"[search] objective must be one of {OBJECTIVES}", where="[search] objective")
         if self.size_metric not in SIZE_METRICS:
             raise ConfigError(f"[search] size_metric must be one of {SIZE_METRICS}", where="[search] size_metric")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a (pruned) model becomes one artifact: the target runtime, the precision and that
+    target's quantization settings (``None`` where a setting does not apply)."""
+
+    target: str
+    precision: str
+    calibration_method: str | None = None
+    per_channel: bool | None = None
+    int8_io: bool | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [self.precision]
+        if self.calibration_method:
+            parts.append(self.calibration_method)
+        if self.per_channel is not None:
+            parts.append("per-channel" if self.per_channel else "per-tensor")
+        if self.int8_io is not None:
+            parts.append("int8-io" if self.int8_io else "float-io")
+        return f"{self.target}:" + "/".join(parts)
+
+
+def _onnx_variants(precision: str, cfg: SearchConfig) -> list[Variant]:
+    if precision == "int8-static":
+        return [Variant("onnx", precision, m, pc) for m in cfg.calibration_methods for pc in cfg.per_channel]
+    if precision == "int8-dynamic":
+        return [Variant("onnx", precision, None, pc) for pc in cfg.per_channel]
+    return [Variant("onnx", precision)]
+
+
+def _tflite_variants(precision: str, cfg: SearchConfig) -> list[Variant]:
+    if precision == "int8-static":
+        return [Variant("tflite", precision, m, None, io) for m in cfg.tflite_calibration_methods
+                for io in cfg.tflite_int8_io]
+    return [Variant("tflite", precision)]
+
+
+#: target -> the variants one precision expands to under the config's per-target settings
+_VARIANTS: dict[str, Callable[[str, SearchConfig], list[Variant]]] = {"onnx": _onnx_variants,
+                                                                      "tflite": _tflite_variants}
+
+
+def variants(cfg: SearchConfig, default_targets: tuple[str, ...] = ("onnx",)) -> list[Variant]:
+    """Every target x precision x per-target setting the search measures for each pruned model."""
+    return [v for t in (cfg.targets or default_targets) for p in cfg.precisions for v in _VARIANTS[t](p, cfg)]
 
 
 @dataclass
@@ -89,6 +163,9 @@ class Candidate:
     sparsity: float
     precision: str
     calibration_method: str | None
+    target: str = "onnx"
+    per_channel: bool | None = None
+    int8_io: bool | None = None
     accuracy: float | None = None
     accuracy_drop: float | None = None
     size: int = 0
@@ -97,10 +174,18 @@ class Candidate:
     failed: list[str] = field(default_factory=list)
     error: str | None = None
 
+    @classmethod
+    def of(cls, ratio: float, sparsity: float, v: Variant) -> Candidate:
+        return cls(ratio, sparsity, v.precision, v.calibration_method, v.target, v.per_channel, v.int8_io)
+
+    @property
+    def variant(self) -> Variant:
+        return Variant(self.target, self.precision, self.calibration_method, self.per_channel, self.int8_io)
+
     @property
     def label(self) -> str:
-        m = f"/{self.calibration_method}" if self.calibration_method else ""
-        return f"s{self.structured_ratio:g}-u{self.sparsity:g}-{self.precision}{m}"
+        target, rest = self.variant.label.split(":", 1)
+        return f"{target}:s{self.structured_ratio:g}-u{self.sparsity:g}-{rest}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "label": self.label}
@@ -181,15 +266,17 @@ class _TimeLimit(Exception):
     """Internal: the search's ``max_seconds`` ran out."""
 
 
-Measure = Callable[[Any, str, "str | None"], dict[str, Any]]
+Measure = Callable[[Any, Variant], dict[str, Any]]
 
 
 def run(model: Any, config: SearchConfig | None = None, *, eval_x: np.ndarray | None, eval_y: np.ndarray | None,
         calib_x: np.ndarray | None = None, train_x: np.ndarray | None = None, train_y: np.ndarray | None = None,
-        measure: Measure | None = None, checkpoint: str | None = None) -> tuple[Any, SearchResult]:
-    """Search, and return (best model, result). ``measure(model, precision, method)`` may replace the
-    default ONNX Runtime measurement; it returns ``accuracy``, ``size``, ``size_xz``, ``latency_ms``
-    and optionally ``artifact`` bytes.
+        measure: Measure | None = None, checkpoint: str | None = None,
+        default_targets: tuple[str, ...] = ("onnx",)) -> tuple[Any, SearchResult]:
+    """Search, and return (best model, result). ``measure(model, variant)`` may replace the default
+    measurement (each target on its own runtime, ``MEASURES``); it returns ``accuracy``, ``size``,
+    ``size_xz``, ``latency_ms`` and optionally ``artifact`` bytes. ``default_targets`` are used when
+    ``config.targets`` is empty (the build passes its [build] targets).
 
     Raises:
         EvalDataRequiredError: no labelled eval data, which every accuracy measurement needs.
@@ -200,7 +287,8 @@ def run(model: Any, config: SearchConfig | None = None, *, eval_x: np.ndarray | 
         raise EvalDataRequiredError("the search measures accuracy, but no labelled eval data was given",
                                     where="--eval / [data] eval",
                                     hint="pass held-out data with labels (.npz with x and y)")
-    meas = measure or _ort_measure(eval_x, eval_y, calib_x if calib_x is not None else train_x, cfg)
+    todo = variants(cfg, default_targets)
+    meas = measure or _measure_on_target(eval_x, eval_y, calib_x if calib_x is not None else train_x, cfg)
     start = time.monotonic()
     cands: list[Candidate] = []
     models: dict[str, Any] = {}
@@ -208,27 +296,26 @@ def run(model: Any, config: SearchConfig | None = None, *, eval_x: np.ndarray | 
     result = SearchResult([], None, None, "met", False, [])
     status = None
     try:
-        base = Candidate(0.0, 0.0, "fp32", None)
-        _fill(base, meas(model, "fp32", None), None)
+        base = Candidate.of(0.0, 0.0, Variant(todo[0].target, "fp32"))
+        _fill(base, meas(model, base.variant), None)
         result.baseline = base
         for ratio, sparsity, pruned in _pruned_models(model, cfg, eval_x, eval_y, train_x, train_y):
-            for prec in cfg.precisions:
-                for method in (cfg.calibration_methods if prec == "int8-static" else (None,)):
-                    if cfg.max_seconds is not None and time.monotonic() - start > cfg.max_seconds:
-                        status = "time_limit"
-                        raise _TimeLimit
-                    c = Candidate(ratio, sparsity, prec, method)
-                    try:
-                        m = meas(pruned, prec, method)
-                        _fill(c, m, base.accuracy)
-                        artifacts[c.label] = m.get("artifact", b"")
-                    except Exception as e:  # one broken candidate must not end the search
-                        c.error = f"{type(e).__name__}: {e}"
-                    c.failed = check_budget(c, cfg) if c.error is None else []
-                    cands.append(c)
-                    models[c.label] = pruned
-                    _update(result, cands, cfg, models, artifacts)
-                    _checkpoint(checkpoint, result)
+            for v in todo:
+                if cfg.max_seconds is not None and time.monotonic() - start > cfg.max_seconds:
+                    status = "time_limit"
+                    raise _TimeLimit
+                c = Candidate.of(ratio, sparsity, v)
+                try:
+                    m = meas(pruned, v)
+                    _fill(c, m, base.accuracy)
+                    artifacts[c.label] = m.get("artifact", b"")
+                except Exception as e:  # one broken candidate must not end the search
+                    c.error = f"{type(e).__name__}: {e}"
+                c.failed = check_budget(c, cfg) if c.error is None else []
+                cands.append(c)
+                models[c.label] = pruned
+                _update(result, cands, cfg, models, artifacts)
+                _checkpoint(checkpoint, result)
     except KeyboardInterrupt:
         status = "interrupted"
     except _TimeLimit:
@@ -274,14 +361,61 @@ def _pruned_models(model: Any, cfg: SearchConfig, ex: np.ndarray, ey: np.ndarray
             yield ratio, s, m
 
 
-def _ort_measure(x: np.ndarray, y: np.ndarray, calib: np.ndarray | None, cfg: SearchConfig) -> Measure:
-    calib = None if calib is None else calib[:128]
+class _Fp32Cache:
+    """The fp32 export of the model being measured: every variant of one pruned model shares it
+    (a litert-torch conversion takes seconds). Holds one model at a time; a reference to the model
+    keeps its ``id`` from being reused while cached."""
 
-    def measure(model: Any, precision: str, method: str | None) -> dict[str, Any]:
-        onnx_fp32 = _onnx_eval.export(model, x, cfg.exporter)
-        art = _onnx_eval.quantize(onnx_fp32, precision, calib, method or "minmax")
+    def __init__(self, export: Callable[[Any, np.ndarray], bytes]) -> None:
+        self._export, self._model, self._data = export, None, b""
+
+    def get(self, model: Any, example: np.ndarray) -> bytes:
+        if self._model is not model:
+            self._model, self._data = model, self._export(model, example)
+        return self._data
+
+
+def _ort_measure(x: np.ndarray, y: np.ndarray, calib: np.ndarray | None, cfg: SearchConfig) -> Measure:
+    """ONNX: TorchScript (or dynamo) export, ORT quantization, scored in onnxruntime."""
+    cache = _Fp32Cache(lambda m, ex: _onnx_eval.export(m, ex, cfg.exporter))
+
+    def measure(model: Any, v: Variant) -> dict[str, Any]:
+        art = _onnx_eval.quantize(cache.get(model, x), v.precision, calib, v.calibration_method or "minmax",
+                                  per_channel=True if v.per_channel is None else v.per_channel)
         r = _onnx_eval.evaluate(art, x, y, threads=cfg.threads, runs=cfg.latency_runs)
         return {"accuracy": r["accuracy"], "size": r["size"], "size_xz": _transport.measure(art)["xz"],
                 "latency_ms": r["latency"]["p50_ms"], "artifact": art}
+
+    return measure
+
+
+def _litert_measure(x: np.ndarray, y: np.ndarray, calib: np.ndarray | None, cfg: SearchConfig) -> Measure:
+    """TFLite: litert-torch export, ai-edge-quantizer, scored in ai-edge-litert's Interpreter."""
+    cache = _Fp32Cache(_tflite_eval.export)
+
+    def measure(model: Any, v: Variant) -> dict[str, Any]:
+        art = _tflite_eval.quantize(cache.get(model, x), v.precision, calib,
+                                    int8_io=True if v.int8_io is None else v.int8_io,
+                                    method=v.calibration_method or "minmax")
+        r = _tflite_eval.evaluate(art, x, y, threads=cfg.threads, runs=cfg.latency_runs)
+        return {"accuracy": r["accuracy"], "size": r["size"], "size_xz": _transport.measure(art)["xz"],
+                "latency_ms": r["latency"]["p50_ms"], "artifact": art}
+
+    return measure
+
+
+#: target -> factory(eval x, eval y, calibration x, config) -> measure on that target's device runtime
+MEASURES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None, SearchConfig], Measure]] = {
+    "onnx": _ort_measure, "tflite": _litert_measure}
+
+
+def _measure_on_target(x: np.ndarray, y: np.ndarray, calib: np.ndarray | None, cfg: SearchConfig) -> Measure:
+    calib = None if calib is None else calib[:128]
+    per_target: dict[str, Measure] = {}
+
+    def measure(model: Any, v: Variant) -> dict[str, Any]:
+        if v.target not in per_target:
+            per_target[v.target] = MEASURES[v.target](x, y, calib, cfg)
+        return per_target[v.target](model, v)
 
     return measure

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from converters import _onnx_eval
+from converters import _onnx_eval, _tflite_eval
 from converters._compress_errors import SparsityRangeError, UnprunableLayerError
 from converters._prune_structured import StructuredPruneConfig, run
 
@@ -23,6 +23,25 @@ def test_channels_are_really_removed(teacher, digits):
     assert rep.details["latency_ms_before"] > 0 and rep.details["latency_ms_after"] > 0
     dense, small = _onnx_eval.export(teacher, xte), _onnx_eval.export(pruned, xte)
     assert len(small) < 0.4 * len(dense)
+
+
+@pytest.mark.slow
+def test_pruned_tflite_stores_fewer_weights_and_matches_the_pruned_model_in_litert(teacher, digits):
+    xtr, ytr, xte, yte = digits
+    pruned, rep = run(teacher, StructuredPruneConfig(ratio=0.5), example=xte)
+    dense, small = _tflite_eval.export(teacher, xte), _tflite_eval.export(pruned, xte)
+    # the counter reads the flatbuffer: the dense file stores the torch weights (batch norm folded into the convs)
+    n_torch = sum(p.numel() for p in teacher.parameters())
+    bn = sum(p.numel() for m in teacher.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    assert _tflite_eval.param_count(dense) == n_torch - bn
+    assert _tflite_eval.param_count(small) == rep.details["params_after"] - bn // 2
+    assert _tflite_eval.param_count(small) < 0.4 * _tflite_eval.param_count(dense)
+    assert len(small) < 0.4 * len(dense)
+    with torch.no_grad():
+        ref = pruned(torch.as_tensor(xte)).numpy()
+    r = _tflite_eval.evaluate(small, xte, yte, ref=ref, runs=5)
+    assert r["max_abs"] < 1e-4 and r["agreement"] == 1.0
+    assert r["latency"]["p50_ms"] > 0
 
 
 class _FixedReshape(nn.Module):
