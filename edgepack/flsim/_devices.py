@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 
 from ._errors import SimulationError
-from ._fleet import CLI, LocalFleet
+from ._fleet import CLI, LocalFleet, clean_env
 
 __all__ = ["DeviceProcess"]
 
@@ -44,7 +44,7 @@ class DeviceProcess:
                "--tuf-root", str(f.tuf_root), "--enroll-token", enroll_token, "--name", self.name,
                "--fl-data", str(self.dir / "data.npz"), "--conditions", str(self.dir / "conditions.json"),
                "--fl-epochs", str(self.epochs), "--poll-interval", str(self.poll)]
-        env = {**os.environ, "EDGEPACK_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+        env = clean_env(OMP_NUM_THREADS="1")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 

@@ -24,11 +24,24 @@ from typing import Any
 from .._atomic import atomic_write
 from ._errors import SimulationError
 
-__all__ = ["CLI", "LocalFleet", "free_port"]
+__all__ = ["CLI", "LocalFleet", "clean_env", "free_port"]
 
 CLI = [sys.executable, "-m", "edgepack"]
+#: the caller's fleet settings must not leak into the simulation's own fleet (another database, secret...)
+FLEET_ENV = ("EDGEPACK_DATABASE_URL", "EDGEPACK_FLEET_SECRET_KEY", "EDGEPACK_RELEASE_TRUST", "EDGEPACK_FLEET_STORAGE",
+             "EDGEPACK_FLEET_TICK_S", "EDGEPACK_FLEET_INSTANCE", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: no inherited ``EDGEPACK_*`` fleet or agent settings."""
+    env = {k: v for k, v in os.environ.items() if k not in FLEET_ENV and not k.startswith("EDGEPACK_AGENT_")}
+    return {**env, "EDGEPACK_NO_PROGRESS": "1", **extra}
 #: fast polling and ticking, so a round trip (round, upload, promotion, rollout) takes seconds, not minutes
 FLEET_SETTINGS = {"poll_after_s": 1, "tick_interval_s": 0.5, "report_tick_interval_s": 0.2}
+
+
+class _ExitedAtStart(Exception):
+    """The server process ended before it answered (internal: ``start`` retries or raises)."""
 
 
 def free_port() -> int:
@@ -68,7 +81,8 @@ class LocalFleet:
         Trust.of([release_key.public]).save(self.instance / TRUST_FILE)
         (self.instance / "fleet.json").write_text(json.dumps(FLEET_SETTINGS, indent=1) + "\n")
         atomic_write(self.instance / SECRET_FILE, (secrets.token_urlsafe(48) + "\n").encode(), mode=0o600)
-        config = load_config(self.instance)
+        config = load_config(self.instance, database_url=None, secret_key=None, release_trust=None,
+                             storage_dir=None)
         db = Database(config.db_url, sqlite_synchronous=config.sqlite_synchronous)
         db.create_schema()
         with db.write() as s:
@@ -86,32 +100,43 @@ class LocalFleet:
         return self.instance / "tuf" / "repo" / "metadata" / "1.root.json"
 
     # ---- the server process --------------------------------------------------------------------
-    def start(self, port: int | None = None, timeout_s: float = 60.0) -> str:
+    def start(self, port: int | None = None, timeout_s: float = 60.0, attempts: int = 3) -> str:
         """Start ``edgepack fleet serve`` on 127.0.0.1; return its URL once ``/healthz`` answers.
+
+        Without ``port`` a free one is picked; if the server exits at start-up (another process took
+        the port between the pick and gunicorn's bind), it is tried again on a new port.
 
         Raises:
             SimulationError: it exited or did not answer in time (see ``server.log``).
         """
-        port = port or free_port()
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(port or free_port(), timeout_s)
+            except _ExitedAtStart:
+                if port is not None or attempt == attempts:
+                    raise SimulationError(f"the fleet server exited at start-up ({attempt} attempt(s))",
+                                          where=str(self.root / "server.log"), hint="read the server log") from None
+        raise AssertionError("unreachable")
+
+    def _start_once(self, port: int, timeout_s: float) -> str:
         self.url = f"http://127.0.0.1:{port}"
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 (the child keeps it open)
-        env = {**os.environ, "EDGEPACK_NO_PROGRESS": "1"}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc = subprocess.Popen([*CLI, "fleet", "serve", "--instance", str(self.instance), "--host",
                                       "127.0.0.1", "--port", str(port), "--workers", "1", "--threads", "8"],
-                                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                     stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SimulationError(f"the fleet server exited with {self.proc.returncode}",
-                                      where=str(self.root / "server.log"), hint="read the server log")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:  # noqa: S310 (loopback)
-                    if r.status == 200:
+                raise _ExitedAtStart
+            try:  # our own TUF root, not just any server's /healthz: the port may have been taken
+                with urllib.request.urlopen(self.url + "/tuf/metadata/1.root.json", timeout=2) as r:  # noqa: S310
+                    if r.read() == self.tuf_root.read_bytes() and self.proc.poll() is None:
                         return self.url
             except OSError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
+        self.stop()
         raise SimulationError(f"the fleet server did not answer within {timeout_s:.0f} s",
                               where=str(self.root / "server.log"))
 

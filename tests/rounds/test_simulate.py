@@ -19,48 +19,73 @@ GAIN_OVER_FIRST_MODEL = 0.15
 GAIN_OVER_FIRST_ROUND = 0.08
 
 
+def _log_in(base: str, token: str):
+    """Log in to the dashboard over real HTTP the way a person does: the form, its CSRF token, a cookie."""
+    import http.cookiejar
+    import urllib.parse
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = opener.open(base + "/login", timeout=10).read().decode()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    opener.open(base + "/login", urllib.parse.urlencode({"csrf_token": csrf, "token": token}).encode(), timeout=10)
+    return opener
+
+
 @pytest.mark.slow
-def test_simulate_three_devices_three_rounds_raises_global_accuracy_and_the_dashboard_plots_it(
-        edgepack_cli, tmp_path):
+def test_simulate_three_devices_three_rounds_raises_global_accuracy_and_the_dashboard_plots_it(tmp_path):
+    """One real run with --serve: the dashboard is checked over HTTP while it is up, then Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
     out_dir = tmp_path / "sim"
-    code, out, err = edgepack_cli("fl", "simulate", "--devices", "3", "--rounds", "3", "--seed", "0",
-                                  "--out", out_dir, "--json")
-    assert code == 0, err
+    proc = subprocess.Popen([sys.executable, "-m", "edgepack", "fl", "simulate", "--devices", "3", "--rounds", "3",
+                             "--seed", "0", "--out", str(out_dir), "--serve", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EDGEPACK_NO_PROGRESS": "1"})
+    try:
+        line = ""
+        for line in proc.stderr:
+            if line.startswith("dashboard:"):
+                break
+        m = re.search(r"(http://127\.0\.0\.1:\d+)/rounds/(r-[0-9a-f]+)", line)
+        assert m, line + proc.stderr.read() if proc.poll() is not None else line
+        base, last_round = m.group(1), m.group(2)
+        token_file = out_dir / "admin-token"
+        assert f"admin token in {token_file}" in line and token_file.stat().st_mode & 0o077 == 0
+        token = token_file.read_text().strip()
+        with urllib.request.urlopen(f"{base}/rounds/{last_round}", timeout=10) as r:
+            assert "/login" in r.url  # the round pages are behind the login
+        html = _log_in(base, token).open(f"{base}/rounds/{last_round}", timeout=10).read().decode()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the server stops, the result is printed
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert token not in out and token not in err and token not in line
     doc = json.loads(out)
     rows = doc["rows"]
-    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert [r["round"] for r in rows] == [1, 2, 3] and rows[-1]["round_id"] == last_round
     assert all(r["participants"] == 3 and r["accepted"] == 3 and r["rejected"] == 0 for r in rows), rows
     assert [r["version"] for r in rows] == [2, 3, 4] and all(r["promoted"] for r in rows)
     assert doc["final_accuracy"] >= doc["initial_accuracy"] + GAIN_OVER_FIRST_MODEL, doc
     assert doc["final_accuracy"] >= rows[0]["accuracy"] + GAIN_OVER_FIRST_ROUND, rows
     assert rows[0]["champion_accuracy"] == pytest.approx(doc["initial_accuracy"])  # the server measured the same
     assert len(set(map(tuple, doc["dominant_classes"]))) == 3  # each device holds its own classes
-    token = (out_dir / "admin-token").read_text().strip()
-    assert token not in out and token not in err and (out_dir / "admin-token").stat().st_mode & 0o077 == 0
-    # every process it started is gone: the server port is closed and each agent exited after SIGTERM
-    with pytest.raises(OSError):
-        urllib.request.urlopen(doc["url"] + "/healthz", timeout=2)
-    for i in range(3):
-        assert "v4 active after" in (out_dir / "devices" / f"sim-{i}" / "agent.log").read_text()
-
-    from fleet_server import create_app
-    from fleet_server._auth import hash_token
-    from fleet_server._config import load_config
-    from fleet_server._models import AdminToken
-
-    app = create_app(load_config(out_dir / "instance", tick_interval_s=0))
-    fleet = app.extensions["edgepack_fleet"]
-    client = app.test_client()
-    with fleet.db.read() as s:
-        row = s.query(AdminToken).filter_by(token_hash=hash_token(token)).one()
-    with client.session_transaction() as sess:
-        sess["admin_id"], sess["admin_hash"] = row.id, row.token_hash
-    html = client.get(f"/rounds/{rows[-1]['round_id']}").get_data(as_text=True)
+    # the round page: participants, the accuracy per round as a plot, the release it rolled out
     svg = re.search(r"<svg[^>]*>.*?</svg>", html, re.S).group(0)
     assert "3 samples" in svg and "polyline" in svg and f"{doc['final_accuracy']:.3g}" in svg
-    assert html.count("no accepted update") == 0
-    assert "digits v4" in html.split('id="release"')[1].split("</p>")[0]  # the round's release, rolled out
-    fleet.db.dispose()
+    participants = html.split('id="participants"')[1].split("</table>")[0]
+    assert participants.count("<tr>") == 4 and "no accepted update" not in participants
+    assert "digits v4" in html.split('id="release"')[1].split("</p>")[0]
+    # every process it started is gone: the server port is closed and each agent exited after SIGTERM
+    with pytest.raises(OSError):
+        urllib.request.urlopen(base + "/healthz", timeout=2)
+    for i in range(3):
+        assert "v4 active after" in (out_dir / "devices" / f"sim-{i}" / "agent.log").read_text()
 
 
 @pytest.mark.parametrize("argv, where", [
@@ -78,38 +103,3 @@ def test_simulate_refuses_a_non_empty_out_directory(edgepack_cli, tmp_path):
     code, _, err = edgepack_cli("fl", "simulate", "--out", tmp_path)
     assert code == 2 and "not empty" in err
     assert (tmp_path / "keep.txt").read_text() == "mine"
-
-
-@pytest.mark.slow
-def test_simulate_serve_keeps_the_dashboard_up_until_ctrl_c_then_stops_the_server(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-m", "edgepack", "fl", "simulate", "--devices", "1", "--rounds", "1",
-                             "--serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "EDGEPACK_NO_PROGRESS": "1"})
-    try:
-        line = ""
-        for line in proc.stderr:
-            if line.startswith("dashboard:"):
-                break
-        url = re.search(r"(http://127\.0\.0\.1:\d+)/rounds/(r-[0-9a-f]+)", line)
-        assert url, line
-        with urllib.request.urlopen(url.group(1) + "/healthz", timeout=5) as r:
-            assert r.status == 200
-        with urllib.request.urlopen(url.group(0), timeout=5) as r:  # the round page, behind the login
-            assert "/login" in r.url
-        token_file = re.search(r"admin token in ([^);\s]+)", line).group(1)
-        assert os.stat(token_file).st_mode & 0o077 == 0
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0 and "global accuracy" in out
-    with pytest.raises(OSError):
-        urllib.request.urlopen(url.group(1) + "/healthz", timeout=2)
-    assert not os.path.exists(token_file)  # the temp fleet is removed
