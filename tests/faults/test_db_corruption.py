@@ -20,6 +20,8 @@ from support.server import CLI, Server, free_port, http_json
 from edgepack import CorruptStateError
 from fleet_server._recovery import scan_wal
 
+pytestmark = pytest.mark.slow  # each test starts the server (a subprocess) once or twice
+
 N_TX = 6
 
 

@@ -394,8 +394,8 @@ def agent_download_kill(work: Path, trust_file: Path, key: SigningKey, rng: rand
         st, doc = fleet.admin("POST", "/rollouts", {"release": rel["id"], "group": "default", "waves": [100]})
         assert st == 201, doc
         proxy = TargetProxy(("127.0.0.1", fleet.server.port), throttle_bps=throttle_bps)
+        p = _device_run(proxy.url, state)
         try:
-            p = _device_run(proxy.url, state)
             deadline = time.monotonic() + 60
             part = None
             while time.monotonic() < deadline and p.poll() is None:
@@ -408,15 +408,20 @@ def agent_download_kill(work: Path, trust_file: Path, key: SigningKey, rng: rand
                 os.killpg(p.pid, signal.SIGKILL)
                 out.injected += 1
                 out.mid += 1
-            p.wait(timeout=30)
-            p.stdout.close()  # type: ignore[union-attr]
-            p.stderr.close()  # type: ignore[union-attr]
         finally:
+            if p.poll() is None:  # the test failed before the kill: never leave the agent running
+                os.killpg(p.pid, signal.SIGKILL)
+            p.communicate(timeout=30)
             proxy.close()
         parts = list((state / "downloads").glob("*.part")) if (state / "downloads").exists() else []
         kept = parts[0].stat().st_size if parts else 0
         again = _device_run(fleet.url, state)
-        stdout, stderr = again.communicate(timeout=120)
+        try:
+            stdout, stderr = again.communicate(timeout=120)
+        finally:
+            if again.poll() is None:
+                os.killpg(again.pid, signal.SIGKILL)
+                again.communicate(timeout=30)
         if again.returncode != 0:
             out.problems.append(f"inconsistent: the restarted agent failed: {stderr.strip()[-300:]}")
             return out
@@ -489,13 +494,17 @@ def training_kill(work: Path, trust_file: Path, key: SigningKey, rng: random.Ran
         argv = [sys.executable, "-c", TRAIN_CHILD, fleet.url, str(state), dev.id, str(key_path), str(trust_file),
                 str(epochs)]
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert p.stdout is not None and p.stdout.readline().strip() == "training"
-        time.sleep(window_s * (rng.uniform(1.5, 3.0) if rng.random() < after_upload else rng.uniform(0.05, 0.95)))
-        if p.poll() is None:
-            p.kill()
-            out.injected += 1
-            out.mid += 1
-        p.communicate(timeout=30)
+        try:
+            assert p.stdout is not None and p.stdout.readline().strip() == "training"
+            time.sleep(window_s * (rng.uniform(1.5, 3.0) if rng.random() < after_upload else rng.uniform(0.05, 0.95)))
+            if p.poll() is None:
+                p.kill()
+                out.injected += 1
+                out.mid += 1
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)
         again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if again.returncode != 0:
             out.problems.append(f"inconsistent: the restarted device failed: {again.stderr.strip()[-300:]}")
@@ -543,11 +552,12 @@ def install_kill(work: Path, trust_file: Path, key: SigningKey, rng: random.Rand
     for _ in range(kills):
         p = subprocess.Popen([sys.executable, "-c", INSTALL_CHILD, str(state), str(v2), str(trust_file)],
                              stdout=subprocess.PIPE, text=True)
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, window_s))
-        p.kill()
-        p.wait(timeout=30)
-        p.stdout.close()
+        try:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, window_s))
+        finally:
+            p.kill()
+            p.communicate(timeout=30)
         out.injected += 1
         out.mid += 1
         out.devices += 1
