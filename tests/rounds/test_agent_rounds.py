@@ -203,3 +203,38 @@ def test_device_run_takes_part_in_a_round_with_fl_data_and_refuses_bad_data_with
     last = json.loads(out)["last_round"]
     assert last["status"] == "uploaded" and last["round_id"] == rid and last["num_samples"] == 120
     assert [u["device_id"] for u in admin.get(f"/rounds/{rid}").json["accepted"]] == [dev]
+
+
+def test_agent_round_settings_come_typed_from_the_environment_and_bad_values_are_refused(monkeypatch):
+    from edgepack import ConfigError
+    from runtime.agent import AgentConfig
+
+    monkeypatch.setenv("EDGEPACK_AGENT_FL_DATA", "/data/local.npz")
+    monkeypatch.setenv("EDGEPACK_AGENT_FL_EPOCHS", "7")
+    monkeypatch.setenv("EDGEPACK_AGENT_FL_MIN_TIME_S", "2.5")
+    cfg = AgentConfig.from_env(conditions_file="/run/facts.json")
+    assert (cfg.fl_data, cfg.fl_epochs, cfg.fl_min_time_s, cfg.conditions_file) == (
+        "/data/local.npz", 7, 2.5, "/run/facts.json")
+    assert AgentConfig.from_env(fl_epochs=3).fl_epochs == 3  # explicit arguments win
+    monkeypatch.setenv("EDGEPACK_AGENT_FL_EPOCHS", "many")
+    with pytest.raises(ConfigError, match="FL_EPOCHS"):
+        AgentConfig.from_env()
+    monkeypatch.delenv("EDGEPACK_AGENT_FL_EPOCHS")
+    with pytest.raises(ConfigError, match="fl_min_time_s"):
+        AgentConfig(fl_min_time_s=0)
+
+
+@pytest.mark.parametrize("text, facts", [
+    ('{"charging": true, "idle": true, "wifi": false}', {"charging": True, "idle": True, "wifi": False}),
+    ('{"charging": "yes", "idle": true}', {"idle": True}),   # not a boolean: not a fact
+    ("not json", {}),
+    ("[true]", {}),
+    (None, {}),                                              # no file: nothing is known, so not eligible
+])
+def test_conditions_file_is_read_on_the_safe_side(tmp_path, text, facts):
+    from runtime.agent import read_conditions
+
+    p = tmp_path / "facts.json"
+    if text is not None:
+        p.write_text(text)
+    assert read_conditions(p) == facts
