@@ -31,6 +31,7 @@ from ._checkin import CheckinStore
 from ._config import FleetConfig, load_config
 from ._db import Database
 from ._errors import ApiError
+from ._fastpath import API_HEADERS, HeartbeatFastPath
 from ._metrics import FleetMetrics
 from ._models import Group, Release
 from ._publish import Publisher, open_publisher
@@ -163,11 +164,8 @@ def _register_hooks(app: Flask, fleet: Fleet) -> None:
     @app.after_request
     def _headers(resp):  # type: ignore[no-untyped-def]
         h = resp.headers
-        h.setdefault("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-                                                "script-src 'self'; frame-ancestors 'none'; form-action 'self'")
-        h.setdefault("X-Content-Type-Options", "nosniff")
-        h.setdefault("X-Frame-Options", "DENY")
-        h.setdefault("Referrer-Policy", "no-referrer")
+        for name, value in API_HEADERS:
+            h.setdefault(name, value)
         if not request.path.startswith(("/tuf/", "/static/")):
             h.setdefault("Cache-Control", "no-store")
         if "t0" in g:
@@ -222,6 +220,8 @@ def create_app(config: FleetConfig | None = None, *, storage: Storage | None = N
 
     _register_errors(app)
     _register_hooks(app, fleet)
+    if config.checkin_fast_path:
+        app.wsgi_app = HeartbeatFastPath(app.wsgi_app, fleet)  # type: ignore[method-assign]
     _audit.register(app, fleet)
     if config.tick_interval_s > 0:
         stop = threading.Event()

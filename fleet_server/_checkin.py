@@ -41,10 +41,11 @@ from edgepack import PublicKey
 from edgepack._device_auth import RequestSignatureError
 
 from ._db import Database
-from ._errors import UnknownDeviceError
+from ._errors import BadRequestError, UnknownDeviceError
+from ._http import opt
 from ._models import Device, Group, Nonce, Release
 
-__all__ = ["CheckinStore", "DeviceRow", "Heartbeat", "ReleaseInfo"]
+__all__ = ["CheckinStore", "DeviceRow", "Heartbeat", "ReleaseInfo", "heartbeat_from_doc"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,19 @@ class Heartbeat:
 
     active_version: int | None
     state: dict[str, bool]
+
+
+def heartbeat_from_doc(doc: dict[str, Any] | None) -> Heartbeat:
+    """A heartbeat body (``{"active_version", "state": {"charging", "idle", "wifi"}}``), validated.
+
+    Raises:
+        BadRequestError: not an object, or a field of the wrong type.
+    """
+    if not isinstance(doc, dict):
+        raise BadRequestError("the body must be a JSON object", where="body")
+    state = opt(doc, "state", dict, {})
+    return Heartbeat(opt(doc, "active_version", int),
+                     {k: state[k] for k in ("charging", "idle", "wifi") if isinstance(state.get(k), bool)})
 
 
 @dataclass(frozen=True)

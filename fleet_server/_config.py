@@ -69,6 +69,8 @@ class FleetConfig:
     enroll_failure_limit: int = 10
     login_failure_limit: int = 10
     admin_auth_failure_limit: int = 100
+    #: answer accepted heartbeats in a WSGI middleware before Flask (``_fastpath``; errors still go to Flask)
+    checkin_fast_path: bool = True
     testing: bool = False
 
     def __post_init__(self) -> None:

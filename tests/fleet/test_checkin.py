@@ -198,3 +198,56 @@ def test_the_same_signed_request_to_two_gunicorn_workers_is_accepted_once(tmp_pa
         assert all(b["error"] == "ReplayError" for st, b in results if st == 401)
     finally:
         server.stop()
+
+
+def _count_view_calls(app, endpoint: str = "device.heartbeat") -> list[int]:
+    calls = [0]
+    view = app.view_functions[endpoint]
+
+    def counted(*a, **kw):
+        calls[0] += 1
+        return view(*a, **kw)
+
+    app.view_functions[endpoint] = counted
+    return calls
+
+
+def test_the_fast_path_answers_an_accepted_heartbeat_and_flask_answers_errors(app, client, enroll):
+    dev = enroll()
+    calls = _count_view_calls(app)
+    path, body, h = _heartbeat(dev)
+    assert client.post(path, data=body, headers=h).status_code == 200
+    assert calls[0] == 0  # answered before Flask
+    r = client.post(path, data=body, headers=h)
+    assert r.status_code == 401 and r.json["error"] == "ReplayError" and calls[0] == 1
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'edgepack_http_requests_total{endpoint="device.heartbeat",status="200"} 1.0' in metrics
+
+
+def test_a_heartbeat_the_fast_path_declines_reaches_flask_with_its_body(app, client, enroll, admin):
+    dev = enroll()
+    calls = _count_view_calls(app)
+    path = f"/api/v1/devices/{dev.id}/heartbeat?from=test"  # a query string: not the fast path's shape
+    body = b'{"active_version": 7}'
+    r = client.post(path, data=body, headers={"Content-Type": "application/json",
+                                              **sign_request(dev.key, dev.id, "POST", path, body)})
+    assert r.status_code == 200 and calls[0] == 1  # the signature covers the body: Flask got all of it
+    assert _device(admin, dev.id)["active_version"] == 7
+
+
+def test_the_fast_path_answers_exactly_like_flask(fleet_config, client, enroll):
+    import dataclasses
+
+    from fleet_server import create_app
+
+    slow = create_app(dataclasses.replace(fleet_config, checkin_fast_path=False))
+    try:
+        dev = enroll()
+        answers = []
+        for c in (client, slow.test_client()):
+            path, body, h = _heartbeat(dev)
+            r = c.post(path, data=body, headers=h)
+            answers.append((r.status_code, r.get_data(), sorted(r.headers.items())))
+        assert answers[0] == answers[1]
+    finally:
+        slow.extensions["edgepack_fleet"].db.dispose()
