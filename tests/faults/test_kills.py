@@ -20,9 +20,11 @@ from support import faults
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("scenario", ["upload_kill", "round_close_kill", "agent_download_kill", "training_kill"])
-def test_sigkill_loses_nothing_accepted_and_leaves_consistent_state(scenario, tmp_path, trust_file, release_key):
-    outcome = getattr(faults, scenario)(tmp_path, trust_file, release_key, random.Random(scenario))
+# training_kill: here always mid-training; benchmarks/faults.py also kills just after the upload
+@pytest.mark.parametrize(("scenario", "kw"), [("upload_kill", {}), ("round_close_kill", {}),
+                                              ("agent_download_kill", {}), ("training_kill", {"after_upload": 0.0})])
+def test_sigkill_loses_nothing_accepted_and_leaves_consistent_state(scenario, kw, tmp_path, trust_file, release_key):
+    outcome = getattr(faults, scenario)(tmp_path, trust_file, release_key, random.Random(scenario), **kw)
     assert outcome.injected == 1, "the kill did not land while the work was in progress"
     assert outcome.problems == []
     assert outcome.verified == outcome.devices
