@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from edgepack._term import step
 
-from . import _data, _load
+from . import _data, _load, _onnx_eval, _tflite_eval
 from ._artifacts import Artifact
 from ._compress_errors import EvalDataRequiredError
 from ._compress_pipeline import CompressData, attribution_table, run_compression
@@ -30,7 +31,7 @@ from ._recipe import Recipe
 from ._runners import open_session, run_batched
 
 __all__ = ["CompressionRun", "accuracy_failures", "active", "check_inputs", "compress", "pass_sections",
-           "report_section", "search", "search_warning"]
+           "report_section", "runtime_figures", "search", "search_warning"]
 
 
 @dataclasses.dataclass
@@ -43,6 +44,8 @@ class CompressionRun:
     original_refs: np.ndarray
     sizes: dict[str, int]
     search: Any = None  # a _search.SearchResult under ``[build] search``
+    #: the source model as loaded (untouched by the passes), for the per-runtime before/after figures
+    source: Any = None
 
 
 def active(rec: Recipe) -> bool:
@@ -116,7 +119,41 @@ def compress(m: _load.LoadedModel, rec: Recipe, train: _data.Dataset, x_eval: np
     model.eval()
     acc = None if y_eval is None else float((original_refs.argmax(-1) == np.asarray(y_eval)).mean())
     sizes = {"original_state_dict_bytes": before, "compressed_state_dict_bytes": _state_bytes(model)}
-    return CompressionRun(dataclasses.replace(m, model=model), reports, acc, original_refs, sizes)
+    return CompressionRun(dataclasses.replace(m, model=model), reports, acc, original_refs, sizes, source=m.model)
+
+
+#: target -> fp32 export of a torch module, the same one for the original and the compressed model
+_FP32_EXPORTS: dict[str, Callable[[Any, np.ndarray], bytes]] = {"onnx": _onnx_eval.export,
+                                                                "tflite": _tflite_eval.export}
+
+
+def runtime_figures(run: CompressionRun, rec: Recipe, x: np.ndarray) -> list[dict[str, Any]]:
+    """fp32 file size and batch-1 p50 latency of the ORIGINAL and the COMPRESSED model on each target's
+    runtime (onnxruntime, ai-edge-litert), both exported the same way (``_onnx_eval`` TorchScript /
+    ``_tflite_eval`` litert-torch), so the difference is the passes' (e.g. channels removed), not the
+    exporter's. Latency runs interleave the two in rounds (load on a shared CPU hits both alike).
+
+    Raises:
+        ConversionError: a runtime refuses an artifact.
+    """
+    from ._runners import open_session
+
+    rows = []
+    lat = rec.latency
+    for target in rec.build.targets:
+        before = _FP32_EXPORTS[target](_torch_module(run.source), x)
+        after = _FP32_EXPORTS[target](run.model.model, x)
+        times: dict[str, list[float]] = {"before": [], "after": []}
+        sessions = {"before": open_session(target, before, lat.threads), "after": open_session(target, after,
+                                                                                                lat.threads)}
+        for _ in range(3):
+            for k, sess in sessions.items():
+                times[k] += sess.time_one([x[:1]], max(1, lat.runs // 3), lat.warmup)
+        p50 = {k: float(np.percentile(v, 50)) for k, v in times.items()}
+        rows.append({"target": target, "bytes_before": len(before), "bytes_after": len(after),
+                     "p50_ms_before": p50["before"], "p50_ms_after": p50["after"],
+                     "speedup": p50["before"] / max(p50["after"], 1e-9), "threads": lat.threads})
+    return rows
 
 
 def search(run: CompressionRun, rec: Recipe, train: _data.Dataset, calib_x: np.ndarray | None, x_eval: np.ndarray,
@@ -200,10 +237,13 @@ def accuracy_failures(run: CompressionRun, rec: Recipe, artifacts: list[Artifact
     return figures, failures
 
 
-def report_section(run: CompressionRun, figures: list[dict[str, Any]]) -> dict[str, Any]:
-    """``report.json["compression"]``: what each pass cost, then each artifact vs the original."""
+def report_section(run: CompressionRun, figures: list[dict[str, Any]],
+                   runtimes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``report.json["compression"]``: what each pass cost, each target runtime's fp32 size and latency
+    before/after (``runtime_figures``), then each artifact vs the original."""
     out = {"passes": [r.to_dict() for r in run.reports], "attribution": attribution_table(run.reports),
             "original_accuracy": run.original_accuracy, **run.sizes, "artifacts": figures,
+            "runtimes": runtimes or [],
             "parity_rule": "numeric parity of each artifact vs the COMPRESSED model; accuracy vs the ORIGINAL "
                            "model within [compress] max_accuracy_drop"}
     if run.search is not None:

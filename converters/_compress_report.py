@@ -125,10 +125,26 @@ def build_section_html(section: dict) -> str:
                      f"</td><td>{100 * a['max_accuracy_drop']:.2f}</td><td>{a['size']}</td>"
                      f"<td>{'-' if lat is None else f'{lat:.3f}'}</td><td>{'ok' if a['passed'] else 'OVER'}</td></tr>")
     parts.append("</table>")
+    if section.get("runtimes"):
+        parts.append(_runtimes_html(section["runtimes"]))
     if section.get("search"):
         res = _result_from_dict(section["search"])
         parts.append(f"<h2>Search ({html.escape(res.status)})</h2>{pareto_svg(res)}"
                      f"<pre>{html.escape(search_text(res))}</pre>")
+    return "".join(parts)
+
+
+def _runtimes_html(rows: list[dict]) -> str:
+    """fp32 original vs compressed on each target runtime (``_compress_build.runtime_figures``)."""
+    parts = ["<h3>Each runtime, fp32: original vs compressed</h3><div class='muted'>the same exporter for both; "
+             "batch-1 p50, interleaved</div><table><tr><th>target</th><th>bytes before</th><th>bytes after</th>"
+             "<th>smaller</th><th>p50 ms before</th><th>p50 ms after</th><th>faster</th></tr>"]
+    for r in rows:
+        parts.append(f"<tr><td>{html.escape(r['target'])}</td><td>{r['bytes_before']}</td><td>{r['bytes_after']}"
+                     f"</td><td>{r['bytes_before'] / max(r['bytes_after'], 1):.2f}x</td>"
+                     f"<td>{r['p50_ms_before']:.3f}</td><td>{r['p50_ms_after']:.3f}</td>"
+                     f"<td>{r['speedup']:.2f}x</td></tr>")
+    parts.append("</table>")
     return "".join(parts)
 
 

@@ -195,7 +195,9 @@ def _build(model: Any, rec: Recipe, staging: Staging, calibration: Any, eval_dat
     if crun is not None:
         figures, acc_fails = _compress_build.accuracy_failures(crun, rec, artifacts, rows, x_eval, y_eval)
         failures += acc_fails
-        compression = _compress_build.report_section(crun, figures)
+        with step("compress: fp32 size and latency before/after on each runtime"):
+            runtimes = _compress_build.runtime_figures(crun, rec, x_eval)
+        compression = _compress_build.report_section(crun, figures, runtimes)
     slow = _latency.find_slower(rows, _latency_cfg(rec))
     golden = _golden(x_eval, refs, artifacts, spec)
     lineage = {"source_sha256": m.sha256, "source": m.source, "recipe": rec.to_dict(), "tools": tool_versions(),

@@ -186,3 +186,38 @@ def test_init_template_shows_every_pass_section_commented_out(tmp_path):
     lines = [re.sub(r"^# (\[|[a-z_]+ = )", r"\1", ln) for ln in text.splitlines()]
     (tmp_path / "on.toml").write_text("\n".join(lines), encoding="utf-8")
     assert set(load_recipe(tmp_path / "on.toml").compression()) == set(COMPRESSION_SECTIONS)
+
+
+def test_report_shows_each_runtimes_fp32_size_and_latency_before_and_after(built):
+    (row,) = built.report["compression"]["runtimes"]
+    assert row["target"] == "onnx" and row["bytes_after"] < row["bytes_before"] / 3  # width x0.5
+    assert row["p50_ms_before"] > 0 and row["p50_ms_after"] > 0
+    assert "Each runtime, fp32: original vs compressed" in built.report_html.read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_structured_pruning_shrinks_the_tflite_and_onnx_artifacts_in_the_build(_teacher, digits, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from converters import _tflite_eval
+
+    xtr, ytr, xte, yte = digits
+    recipe = {**RECIPE, "build": {"targets": ["onnx", "tflite"], "precisions": ["fp32"]},
+              "distill": {"enabled": False}, "prune": {"enabled": False},
+              "prune_structured": {"ratio": 0.5, "finetune_epochs": 2}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = converters.build(_teacher, recipe, out=tmp_path, calibration=xtr[:64], train_data=(xtr, ytr),
+                               eval_data=(xte, yte))
+    rows = {r["target"]: r for r in res.report["compression"]["runtimes"]}
+    assert set(rows) == {"onnx", "tflite"}
+    for r in rows.values():
+        assert r["bytes_after"] < 0.4 * r["bytes_before"], r
+    tfl = next(a for a in res.report["artifacts"] if a["name"].endswith(".tflite"))
+    assert tfl["parity"]["passed"] and abs(tfl["size"] - rows["tflite"]["bytes_after"]) < 0.05 * tfl["size"]
+    import zipfile
+
+    data = zipfile.ZipFile(res.bundle).read(f"artifacts/{tfl['name']}")
+    dense = sum(p.numel() for n, p in _teacher.named_parameters() if n.split(".")[0] not in ("1", "4", "8"))  # no BN
+    assert _tflite_eval.param_count(data) < 0.4 * dense
+    assert Interpreter(model_content=data).get_input_details()[0]["dtype"].__name__ == "float32"
