@@ -244,3 +244,15 @@ def test_an_unknown_schema_version_is_refused(fleet_config):
     with pytest.raises(ConfigError, match="schema version 99"):
         db.create_schema()
     db.dispose()
+
+
+def test_the_admin_api_lists_the_audit_log_newest_first_with_filters(fleet, admin):
+    _append(fleet, 5, actor="admin:ci#3")
+    _append(fleet, 3, actor="system")
+    r = admin.get("/audit?actor=admin&per_page=2&page=2")
+    assert r.status_code == 200 and r.json["total"] == 5
+    assert [e["seq"] for e in r.json["entries"]] == [3, 2]
+    e = r.json["entries"][0]
+    assert e["actor"] == "admin:ci#3" and e["details"] == {"i": 2, "x": 0.2} and len(e["hash"]) == 64
+    assert admin.get("/audit?action=test").json["total"] == 8
+    assert admin.get("/audit?action=test.append&actor=system").json["total"] == 3

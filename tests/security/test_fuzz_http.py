@@ -30,7 +30,7 @@ def http_fuzz(fleet_config, release_key):
 def test_every_json_endpoint_answers_fuzzed_requests_with_2xx_or_4xx_json(http_fuzz):
     seen: dict[str, set[int]] = {}
 
-    @settings(settings.get_profile(FUZZ_PROFILE), max_examples=300)
+    @settings(settings.get_profile(FUZZ_PROFILE), max_examples=200)
     @given(st.data())
     def run(data):
         x = data.draw(http_fuzz.strategy())
