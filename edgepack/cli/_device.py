@@ -118,6 +118,18 @@ def _summary(agent: Any, steps: int | None = None) -> dict[str, Any]:
             "last_round": agent.participant.last if agent.participant else None}
 
 
+def _last_round(state: Path) -> Any:
+    """The last federated round outcome the agent recorded (``fl-rounds.json``), if any."""
+    import json
+
+    from runtime.agent._participant import ROUNDS_FILE
+
+    try:
+        return json.loads((state / ROUNDS_FILE).read_text()).get("last")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _status(args: argparse.Namespace) -> int:
     from runtime import InstallStore
     from runtime.agent import AgentState, Outbox
@@ -131,6 +143,6 @@ def _status(args: argparse.Namespace) -> int:
     result = {"device_id": st.device_id, "group": st.group, "server": st.server, "active_version": active,
               "pending": st.pending, "failed_versions": st.failed_versions,
               "consecutive_failures": st.consecutive_failures, "last_contact": st.last_contact,
-              "queued_reports": len(Outbox(state / "outbox"))}
+              "queued_reports": len(Outbox(state / "outbox")), "last_round": _last_round(state)}
     emit(args, result, "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0

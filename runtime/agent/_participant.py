@@ -83,18 +83,19 @@ class RoundParticipant:
             raise DataError("no local data configured", where="AgentConfig.fl_data", hint="pass --fl-data FILE.npz")
         self.dir, self.config = Path(state_dir), config
         self._data: tuple[np.ndarray, np.ndarray] | None = None
-        self.last: dict[str, Any] | None = None
         self._memory = self._load_memory()
+        self.last: dict[str, Any] | None = self._memory["last"]
 
     def _load_memory(self) -> dict[str, Any]:
         try:
             doc = json.loads((self.dir / ROUNDS_FILE).read_text())
             if isinstance(doc, dict) and isinstance(doc.get("answered"), list):
                 return {"answered": [str(r) for r in doc["answered"]][-_KEEP:],
-                        "last_train_s": float(doc.get("last_train_s") or 0.0)}
+                        "last_train_s": float(doc.get("last_train_s") or 0.0),
+                        "last": doc.get("last") if isinstance(doc.get("last"), dict) else None}
         except (OSError, ValueError, TypeError):
             pass  # first run, or a damaged file: worst case one extra round is offered and refused
-        return {"answered": [], "last_train_s": 0.0}
+        return {"answered": [], "last_train_s": 0.0, "last": None}
 
     def _save_memory(self) -> None:
         atomic_write(self.dir / ROUNDS_FILE, json.dumps(self._memory, sort_keys=True).encode())
@@ -121,6 +122,9 @@ class RoundParticipant:
         if out["status"] not in ("no_round", "answered"):
             self.last = out
             log.info("federated round %s: %s %s", out.get("round_id"), out["status"], out.get("reason") or "")
+            if out != self._memory["last"]:
+                self._memory["last"] = out  # for `edgepack device status`
+                self._save_memory()
         return out
 
     def _step(self, api: FleetClient, device_id: str, key: SigningKey, installer: Any,
@@ -141,6 +145,4 @@ class RoundParticipant:
             self._memory["last_train_s"] = float(out["train_s"])
         if out["status"] in ("uploaded", "rejected"):
             self._memory["answered"] = [*self._memory["answered"], out["round_id"]][-_KEEP:]
-        if "train_s" in out:
-            self._save_memory()
         return out

@@ -203,6 +203,8 @@ def test_device_run_takes_part_in_a_round_with_fl_data_and_refuses_bad_data_with
     last = json.loads(out)["last_round"]
     assert last["status"] == "uploaded" and last["round_id"] == rid and last["num_samples"] == 120
     assert [u["device_id"] for u in admin.get(f"/rounds/{rid}").json["accepted"]] == [dev]
+    code, out, _ = edgepack_cli("device", "status", "--state", state, "--json")
+    assert code == 0 and json.loads(out)["last_round"] == {**last, "status": "uploaded"}
 
 
 def test_agent_round_settings_come_typed_from_the_environment_and_bad_values_are_refused(monkeypatch):
