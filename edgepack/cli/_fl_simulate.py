@@ -18,7 +18,8 @@ from . import add_command, emit
 
 __all__ = ["add_simulate"]
 
-COLUMNS = [("round", 5), ("participants", 12), ("accepted", 8), ("rejected", 8), ("accuracy", 8), ("model", 14)]
+COLUMNS = [("round", 5), ("participants", 12), ("accepted", 8), ("rejected", 8), ("candidate", 9), ("accuracy", 8),
+           ("model", 14)]
 
 
 def add_simulate(fsub: argparse._SubParsersAction) -> None:
@@ -74,12 +75,13 @@ def _simulate(args: argparse.Namespace) -> int:
     def on_row(row: Any) -> None:
         if not as_json:
             model = f"v{row.version}" + (" promoted" if row.promoted else f" kept ({row.state})")
-            print(_line([row.round, row.participants, row.accepted, row.rejected, row.accuracy, model]), flush=True)
+            print(_line([row.round, row.participants, row.accepted, row.rejected, row.candidate_accuracy,
+                         row.accuracy, model]), flush=True)
 
     def on_start(initial: float | None) -> None:
         if not as_json:
             print(_line([name for name, _ in COLUMNS]), flush=True)
-            print(_line([0, None, None, None, initial, "v1 initial"]), flush=True)
+            print(_line([0, None, None, None, None, initial, "v1 initial"]), flush=True)
 
     def serve(fleet: Any, result: Any) -> None:
         last = result.rows[-1].round_id if result.rows else ""
