@@ -84,6 +84,7 @@ class RoundParticipant:
         self.dir, self.config = Path(state_dir), config
         self._data: tuple[np.ndarray, np.ndarray] | None = None
         self._memory = self._load_memory()
+        self._dirty = False
         self.last: dict[str, Any] | None = self._memory["last"]
 
     def _load_memory(self) -> dict[str, Any]:
@@ -124,7 +125,10 @@ class RoundParticipant:
             log.info("federated round %s: %s %s", out.get("round_id"), out["status"], out.get("reason") or "")
             if out != self._memory["last"]:
                 self._memory["last"] = out  # for `edgepack device status`
-                self._save_memory()
+                self._dirty = True
+        if self._dirty:
+            self._save_memory()
+            self._dirty = False
         return out
 
     def _step(self, api: FleetClient, device_id: str, key: SigningKey, installer: Any,
@@ -143,6 +147,8 @@ class RoundParticipant:
                           skip_rounds=frozenset(self._memory["answered"]))
         if "train_s" in out:
             self._memory["last_train_s"] = float(out["train_s"])
+            self._dirty = True
         if out["status"] in ("uploaded", "rejected"):
             self._memory["answered"] = [*self._memory["answered"], out["round_id"]][-_KEEP:]
+            self._dirty = True
         return out
