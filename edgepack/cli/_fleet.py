@@ -198,9 +198,12 @@ def _backup(args: argparse.Namespace) -> int:
 
     config = load_config(args.instance)
     path = _sqlite_path(config.db_url)
-    if path is None or not path.exists():
-        raise ConfigError("backup copies the embedded SQLite database; this instance has none",
+    if path is None:
+        raise ConfigError("backup copies the embedded SQLite database; this instance uses another one",
                           where=config.db_url.split("@")[-1], hint="back up PostgreSQL with pg_dump")
+    if not path.exists():
+        raise ConfigError(f"there is no database at {path}", where=str(config.instance_dir),
+                          hint="pass the --instance of an initialised fleet ('edgepack fleet init')")
     size = backup_sqlite(path, args.out)
     emit(args, {"backup": str(args.out), "bytes": size}, f"backed up {path} to {args.out} ({size} bytes)")
     return 0
