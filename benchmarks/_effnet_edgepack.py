@@ -43,9 +43,10 @@ def build_with_converters(model, calib: np.ndarray, select: np.ndarray, tmp: str
 
     ``select``: the pipeline's eval data, which localization and ``--auto-fix`` select nodes on:
     fresh crops of the CALIBRATION photos, so the benchmark's agreement (on other photos) is held out.
-    With the default int8 budget the pipeline localizes and auto-fixes; if it still fails, the build
-    is re-run with the int8 budget off (the benchmark checks the issue's targets itself) and the
-    summary says so.
+    The int8 budget is the issue's top-1 >= 99 %: the pipeline localizes and auto-fixes towards it;
+    when it still fails, the build is re-run once with the nodes auto-fix kept in float pinned and
+    the int8 budget off (the benchmark checks the issue's targets itself); the summary says so and
+    times both builds.
     """
     try:
         import converters
@@ -54,10 +55,9 @@ def build_with_converters(model, calib: np.ndarray, select: np.ndarray, tmp: str
     recipe = {
         "model": {"name": "efficientnet-lite0"},
         "build": {"targets": ["onnx", "tflite"], "precisions": ["fp32", "int8-static"], "auto_fix": auto_fix},
-        # the int8 budget auto-fix works towards, on the selection crops: output cosine >= 0.996
-        # (~21 dB SQNR) and top-1 >= 0.90, which is the model's own noise ceiling on such crops
-        # (torch vs itself under +-1/255 pixel noise: 0.88-0.91, explore_int8_agreement.py)
-        "parity": {"int8-static": {"min_cosine": 0.996, "min_top1_agreement": 0.90}},
+        # auto-fix works towards the issue's own target (top-1 >= 99 %) on the selection crops, so it
+        # runs to its limits ([localize] max_excluded / max_tries) and keeps the best result
+        "parity": {"int8-static": {"min_top1_agreement": 0.99}},
     }
     t0 = time.perf_counter()
     fix: dict = {}
@@ -66,16 +66,21 @@ def build_with_converters(model, calib: np.ndarray, select: np.ndarray, tmp: str
             result = converters.build(model, recipe, out=os.path.join(tmp, "edgepack-out"),
                                       calibration=calib, eval_data=select)
         except converters.ParityFailedError as e:
-            fix = {"default_budget": "FAILED: " + e.message.replace("\n", "; ")[:400], "failed_build_s":
-                   round(time.perf_counter() - t0, 1)} | _autofix_summary(e.report)
+            # a failed build writes no bundle: re-build once with the nodes auto-fix kept in float
+            # pinned ([onnx] nodes_to_exclude, no search) and the int8 budget off, to get the bytes
+            fix = {"budget": "FAILED: " + e.message.replace("\n", "; ")[:400],
+                   "build_with_auto_fix_s": round(time.perf_counter() - t0, 1)} | _autofix_summary(e.report)
             t0 = time.perf_counter()
+            recipe["build"]["auto_fix"] = False
+            recipe["onnx"] = {"nodes_to_exclude": fix.get("kept_in_float") or []}
             recipe["parity"] = {"int8-static": {"min_cosine": 0.0, "min_top1_agreement": 0.0, "max_accuracy_drop": 1.0}}
             result = converters.build(model, recipe, out=os.path.join(tmp, "edgepack-out2"),
                                       calibration=calib, eval_data=select)
+            fix["pinned_build_s"] = round(time.perf_counter() - t0, 1)
     except Exception as e:  # the benchmark reports why and falls back; it never hides it
         return None, 0.0, f"converters.build raised {type(e).__name__}: {str(e)[:300]}", fix
     seconds = time.perf_counter() - t0
-    fix = fix or ({"default_budget": "passed"} | _autofix_summary(result.report))
+    fix = fix or ({"budget": "passed"} | _autofix_summary(result.report))
     arts = {}
     with zipfile.ZipFile(result.bundle) as z:
         for name in z.namelist():

@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_edgepack_build:
             edge, build_s, how, report["auto_fix"] = build_with_converters(model, calib, select, tmp,
                                                                            auto_fix=not args.no_auto_fix)
+            # the whole-build target is checked on the build that ran --auto-fix, not the pinned re-build
+            build_s = report["auto_fix"].get("build_with_auto_fix_s", build_s)
         if edge is None:
             note = how
             edge, build_s, how = build_with_own_path(model, calib, tmp, recommend_ort_int8(cpu))

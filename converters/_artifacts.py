@@ -53,7 +53,7 @@ def onnx_quant_config(recipe: Recipe, fp32: bytes, precision: str, calib: np.nda
         precision=precision, calibration=calib, input_name=onnx_input_name(fp32),
         calibration_method=o.calibration_method, per_channel=o.per_channel, pre_process=o.pre_process,
         activation_type=o.activation_type, quant_format=o.quant_format, reduce_range=o.reduce_range,
-        nodes_to_exclude=exclude, compact=o.compact,
+        nodes_to_exclude=tuple(dict.fromkeys((*o.nodes_to_exclude, *exclude))), compact=o.compact,
     )
 
 
@@ -73,6 +73,8 @@ def _produce_onnx(m: LoadedModel, spec: IOSpec, recipe: Recipe, precisions: tupl
             data = _quantize_onnx.run(fp32, cfg)
             if p == "int8-static":
                 extra["int8_settings"] = {k: v for k, v in _quantize_onnx.int8_settings(cfg).items()}
+                if cfg.nodes_to_exclude:
+                    extra["nodes_kept_in_float"] = list(cfg.nodes_to_exclude)
                 float_graph = _preprocessed(fp32) if recipe.onnx.pre_process else fp32
         out.append(Artifact(artifact_name(recipe.model.name, "onnx", p), "onnx", p, data, extra, float_graph))
     return out

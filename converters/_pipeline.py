@@ -341,7 +341,7 @@ def _auto_fix(a: Artifact, rec: Recipe, spec: IOSpec, x: np.ndarray, y: np.ndarr
                        "passed": bool(best and best["passed"]), "seconds": round(time.perf_counter() - t0, 2)}
     if best:  # the best result so far, even when it did not reach the budget (the report then shows it)
         a.data = best["data"]
-        a.extra["nodes_kept_in_float"] = best["excluded"]
+        a.extra["nodes_kept_in_float"] = list(dict.fromkeys([*rec.onnx.nodes_to_exclude, *best["excluded"]]))
         a.notes.append(f"auto-fix kept {len(best['excluded'])} node(s) in float: {', '.join(best['excluded'])}")
         outs = run_batched(open_session("onnx", a.data), [x])
         row["abs_errors"] = _hist(outs[0] - refs[0])

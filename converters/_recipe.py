@@ -124,6 +124,9 @@ class OnnxSection:
     #: exact size savings (converters._onnx_compact): no exporter debug metadata, no all-zero
     #: weight/bias zero points, bias scales as Mul of their factors; outputs bit-identical
     compact: bool = True
+    #: int8-static: node names always kept in float (e.g. the ``nodes_kept_in_float`` a previous
+    #: ``--auto-fix`` build reported, pinned for a reproducible build that skips the search)
+    nodes_to_exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

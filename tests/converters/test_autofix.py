@@ -150,3 +150,16 @@ def test_bypassing_every_node_reproduces_the_float_graph(hostile, tmp_path):
     out_dq = next(n for n in g.node if n.output[0] == g.output[0].name)
     step = float(onnx.numpy_helper.to_array(next(t for t in g.initializer if t.name == out_dq.input[1])))
     assert np.median(np.abs(out - ref)) <= step / 2
+
+
+def test_pinned_nodes_to_exclude_reproduce_the_fix_without_searching(hostile, failed, tmp_path):
+    """``[onnx] nodes_to_exclude`` pins what a previous --auto-fix reported: no search, same fix."""
+    stem = failed["localization"]["worst"][0]["node"]
+    model, cal, ev = hostile
+    rec = {"build": {"targets": ["onnx"], "precisions": ["int8-static"]}, "onnx": {"nodes_to_exclude": [stem]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = converters.build(model, rec, out=tmp_path, calibration=cal, eval_data=ev)
+    row = r.artifacts[0]
+    assert row["parity"]["passed"] and "auto_fix" not in row and "localization" not in row
+    assert row["extra"]["nodes_kept_in_float"] == [stem]
