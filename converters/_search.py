@@ -17,11 +17,14 @@ candidate so far is kept and ``failed`` says which constraint it misses;
 nothing when the goal is missed).
 
 Why not neural-compressor's ``autotune``: in INC 3.10 (installed here)
-``neural_compressor.torch`` does not import (it needs ``py-cpuinfo``, not a
-dependency), and its 3.x torch autotune returns a torch model quantized for
-IPEX/inductor, not ONNX/TFLite artifacts a device runtime runs; its ONNX
+``neural_compressor.torch`` does not import (it needs py-cpuinfo, psutil and
+prettytable, not dependencies). With them (re-checked, docs/compression.md),
+its PT2E static autotune works on the digits CNN, but the result exports to an
+ONNX file whose weights stay float32 (no smaller) and litert-torch cannot
+convert it ("Invalid TFLite MLIR module"); RTN needs ``accelerate``. Its ONNX
 tuner moved out of INC 3.x (to onnx-neural-compressor). The loop it would
-give us, try configs and evaluate, is this module, with a complete front.
+give us, try configs and evaluate, is this module, on each device runtime,
+with a complete front.
 """
 
 from __future__ import annotations
