@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,10 @@ def _progress(msg: str) -> None:
         print(f"… {msg}", file=sys.stderr, flush=True)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from ..flsim import SimulationConfig, simulate
 
@@ -92,10 +98,16 @@ def _simulate(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("", file=sys.stderr)
 
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends the run like Ctrl-C: the finally blocks stop every process and remove the temp dir
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = simulate(cfg, root, progress=_progress, on_row=on_row, on_start=on_start,
                           serve=serve if args.serve else None)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if args.out is None:
             shutil.rmtree(root, ignore_errors=True)
     rows = result.rows

@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 
 from ._errors import SimulationError
-from ._fleet import CLI, LocalFleet, clean_env
+from ._fleet import CLI, LocalFleet, clean_env, die_with_parent
 
 __all__ = ["DeviceProcess"]
 
@@ -46,7 +46,8 @@ class DeviceProcess:
                "--fl-epochs", str(self.epochs), "--poll-interval", str(self.poll)]
         env = clean_env(OMP_NUM_THREADS="1")
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                         preexec_fn=die_with_parent)  # noqa: PLW1509
 
     def check_alive(self) -> None:
         """Raises SimulationError if the agent process has exited."""

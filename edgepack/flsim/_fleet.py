@@ -24,12 +24,23 @@ from typing import Any
 from .._atomic import atomic_write
 from ._errors import SimulationError
 
-__all__ = ["CLI", "LocalFleet", "clean_env", "free_port"]
+__all__ = ["CLI", "LocalFleet", "clean_env", "die_with_parent", "free_port"]
 
 CLI = [sys.executable, "-m", "edgepack"]
 #: the caller's fleet settings must not leak into the simulation's own fleet (another database, secret...)
 FLEET_ENV = ("EDGEPACK_DATABASE_URL", "EDGEPACK_FLEET_SECRET_KEY", "EDGEPACK_RELEASE_TRUST", "EDGEPACK_FLEET_STORAGE",
              "EDGEPACK_FLEET_TICK_S", "EDGEPACK_FLEET_INSTANCE", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for every child: on Linux the kernel sends it SIGTERM when the simulation's process
+    dies, even by SIGKILL (``PR_SET_PDEATHSIG``), so no server or agent outlives it. Best effort elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -123,7 +134,8 @@ class LocalFleet:
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 (the child keeps it open)
         self.proc = subprocess.Popen([*CLI, "fleet", "serve", "--instance", str(self.instance), "--host",
                                       "127.0.0.1", "--port", str(port), "--workers", "1", "--threads", "8"],
-                                     stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
+                                     stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True,
+                                     preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads spawn children here)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

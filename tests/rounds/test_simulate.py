@@ -103,3 +103,50 @@ def test_simulate_refuses_a_non_empty_out_directory(edgepack_cli, tmp_path):
     code, _, err = edgepack_cli("fl", "simulate", "--out", tmp_path)
     assert code == 2 and "not empty" in err
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def _processes_under(path) -> list[int]:
+    """Pids whose command line names ``path`` (the simulation's server and agents do)."""
+    import os
+
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(path).encode() in f.read():
+                    out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_no_server_or_agent_outlives_a_killed_simulation(tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out_dir = tmp_path / "sim"
+    proc = subprocess.Popen([sys.executable, "-m", "edgepack", "fl", "simulate", "--devices", "2", "--rounds", "3",
+                             "--out", str(out_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(_processes_under(out_dir)) < 3:  # server + 2 agents running
+            time.sleep(0.2)
+        assert len(_processes_under(out_dir)) >= 3
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and _processes_under(out_dir):
+            time.sleep(0.2)
+        assert _processes_under(out_dir) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _processes_under(out_dir):  # only if the assertion above failed: do not leak them
+            import os
+
+            os.kill(pid, signal.SIGKILL)
