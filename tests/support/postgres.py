@@ -73,7 +73,12 @@ def postgres_server():
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
-    """A fresh empty database: SQLite in tmp_path, or a new PostgreSQL database."""
+    """A fresh empty database: SQLite in tmp_path, or a new PostgreSQL schema.
+
+    Each PostgreSQL case gets its own schema, reached through ``search_path`` in the URL:
+    ``CREATE SCHEMA`` takes well under a millisecond where ``CREATE DATABASE`` took 0.25-0.4 s
+    per test on the shared 2-core machine (it copies the template database).
+    """
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'fleet.db'}"
     url, reason = request.getfixturevalue("postgres_server")
@@ -84,6 +89,5 @@ def database_url(request, tmp_path):
     name = f"fleet_{os.getpid()}_{next(_counter)}"
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    base, _, query = url.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+        conn.execute(f"CREATE SCHEMA {name}")
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{name}"
