@@ -11,11 +11,18 @@ from alembic import context
 import fleet_server._db  # noqa: F401  (imports every model module into Base.metadata)
 from fleet_server._models import Base
 
-connection = context.config.attributes.get("connection")
-if connection is None:  # pragma: no cover - only reachable by running the alembic CLI by hand
-    raise SystemExit("run migrations with `edgepack fleet migrate`, which passes the database connection")
 
-context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
-                  compare_type=True)
-with context.begin_transaction():
-    context.run_migrations()
+def run_migrations() -> None:
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        raise SystemExit("run migrations with `edgepack fleet init` or `fleet serve`, which pass the connection")
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                      compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+# Alembic runs this file with its ``context`` proxy set up; a plain import (tools that walk
+# every module of the package) finds no ``context.config`` and does nothing.
+if hasattr(context, "config"):
+    run_migrations()
