@@ -127,11 +127,14 @@ _FP32_EXPORTS: dict[str, Callable[[Any, np.ndarray], bytes]] = {"onnx": _onnx_ev
                                                                 "tflite": _tflite_eval.export}
 
 
-def runtime_figures(run: CompressionRun, rec: Recipe, x: np.ndarray) -> list[dict[str, Any]]:
+def runtime_figures(run: CompressionRun, rec: Recipe, x: np.ndarray,
+                    artifacts: list[Artifact] | None = None) -> list[dict[str, Any]]:
     """fp32 file size and batch-1 p50 latency of the ORIGINAL and the COMPRESSED model on each target's
     runtime (onnxruntime, ai-edge-litert), both exported the same way (``_onnx_eval`` TorchScript /
     ``_tflite_eval`` litert-torch), so the difference is the passes' (e.g. channels removed), not the
     exporter's. Latency runs interleave the two in rounds (load on a shared CPU hits both alike).
+    The build's own fp32 TFLite artifact is reused as "after": it comes from the same litert-torch
+    call on the same model, and a conversion takes seconds.
 
     Raises:
         ConversionError: a runtime refuses an artifact.
@@ -142,7 +145,8 @@ def runtime_figures(run: CompressionRun, rec: Recipe, x: np.ndarray) -> list[dic
     lat = rec.latency
     for target in rec.build.targets:
         before = _FP32_EXPORTS[target](_torch_module(run.source), x)
-        after = _FP32_EXPORTS[target](run.model.model, x)
+        built = [a.data for a in artifacts or [] if a.format == "tflite" == target and a.precision == "fp32"]
+        after = built[0] if built else _FP32_EXPORTS[target](run.model.model, x)
         times: dict[str, list[float]] = {"before": [], "after": []}
         sessions = {"before": open_session(target, before, lat.threads), "after": open_session(target, after,
                                                                                                 lat.threads)}

@@ -196,7 +196,7 @@ def _build(model: Any, rec: Recipe, staging: Staging, calibration: Any, eval_dat
         figures, acc_fails = _compress_build.accuracy_failures(crun, rec, artifacts, rows, x_eval, y_eval)
         failures += acc_fails
         with step("compress: fp32 size and latency before/after on each runtime"):
-            runtimes = _compress_build.runtime_figures(crun, rec, x_eval)
+            runtimes = _compress_build.runtime_figures(crun, rec, x_eval, artifacts)
         compression = _compress_build.report_section(crun, figures, runtimes)
     slow = _latency.find_slower(rows, _latency_cfg(rec))
     golden = _golden(x_eval, refs, artifacts, spec)
