@@ -187,6 +187,13 @@ def test_manual_rollout_decisions_are_recorded_with_the_admins_reason(admin, fle
     assert rows[1].reason == "looking at <crash> logs" and "customer asked" in rows[3].reason
 
 
+def test_an_abort_is_recorded_with_the_admins_reason(admin, fleet, rollout_v2):
+    _, rid = rollout_v2
+    assert admin.post(f"/rollouts/{rid}/abort", {"reason": "wrong group"}).json["state"] == "aborted"
+    rows = _rows(fleet, target=f"rollout:{rid}", action="rollout.aborted")
+    assert len(rows) == 1 and rows[0].actor.startswith("admin:test-admin#") and "wrong group" in rows[0].reason
+
+
 def test_a_tripped_gate_is_an_automatic_rollback_by_the_system(admin, fleet, rollout_v2):
     devs, rid = rollout_v2
     wave = [d for d in devs if (d.assignment().json["release"] or {}).get("version") == 2]
