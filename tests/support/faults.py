@@ -447,15 +447,22 @@ from pathlib import Path
 import numpy as np
 import edgepack, runtime
 from runtime._train import TrainConfig
+import runtime.agent._federated as fed
 from runtime.agent._federated import participate
 from runtime.agent._http import FleetClient
 url, state, dev_id, key_path, trust_path, epochs = sys.argv[1:7]
+real_train = fed.train_local
+def traced(*a, **kw):  # tell the parent exactly when training runs, so its kill lands inside
+    print("training", flush=True)
+    out = real_train(*a, **kw)
+    print("trained", flush=True)
+    return out
+fed.train_local = traced
 model = runtime.InstallStore(Path(state) / "store", edgepack.load_trust(trust_path)).load_active()
 key = edgepack.load_signing_key(key_path)
 from sklearn.datasets import load_digits
 d = load_digits()
 x, y = (d.data[:400] / 16.0).astype(np.float32), d.target[:400]
-print("training", flush=True)
 out = participate(FleetClient(url), dev_id, key, state, model, x, y,
                   conditions=lambda: {"charging": True, "idle": True, "wifi": True},
                   train_config=TrainConfig(epochs=int(epochs)))
@@ -496,7 +503,11 @@ def training_kill(work: Path, trust_file: Path, key: SigningKey, rng: random.Ran
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert p.stdout is not None and p.stdout.readline().strip() == "training"
-            time.sleep(window_s * (rng.uniform(1.5, 3.0) if rng.random() < after_upload else rng.uniform(0.05, 0.95)))
+            if rng.random() < after_upload:
+                assert p.stdout.readline().strip() == "trained"
+                time.sleep(rng.uniform(0.0, 0.2))  # during the upload, or just after it
+            else:
+                time.sleep(window_s * rng.uniform(0.05, 0.6))
             if p.poll() is None:
                 p.kill()
                 out.injected += 1
