@@ -107,8 +107,9 @@ def check_sqlite(db_path: Path, check: str = "integrity", *, accept_wal_loss: bo
     """Refuse a damaged SQLite database before it is served; returns the WAL scan.
 
     Raises:
-        CorruptStateError: committed transactions lie after a damaged WAL frame (unless
-            ``accept_wal_loss``), or the database fails ``PRAGMA integrity_check``/``quick_check``.
+        CorruptStateError: committed transactions lie after a damaged WAL frame, or the WAL header
+            is damaged while frames follow it (both unless ``accept_wal_loss``), or the database
+            fails ``PRAGMA integrity_check``/``quick_check``.
         ConfigError: ``check`` is not one of ``integrity``, ``quick``, ``off``.
     """
     if check not in CHECKS:
@@ -116,7 +117,12 @@ def check_sqlite(db_path: Path, check: str = "integrity", *, accept_wal_loss: bo
                           where="sqlite_startup_check")
     hint = "restore the latest 'edgepack fleet backup' (docs/fleet.md, Recovery)"
     wal = db_path.with_name(db_path.name + "-wal")
-    scan = scan_wal(wal)
+    try:
+        scan = scan_wal(wal)
+    except CorruptStateError:
+        if not accept_wal_loss:
+            raise
+        scan = WalScan(0, 0, None, 0)  # SQLite ignores a WAL whose header is damaged
     if scan.damaged and not accept_wal_loss:
         raise CorruptStateError(
             f"{wal.name} is damaged at frame {scan.damaged_frame} of {scan.frames}: SQLite would silently drop "
