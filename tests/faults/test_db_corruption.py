@@ -116,3 +116,19 @@ def test_torn_wal_tail_starts_on_a_prefix_of_whole_transactions(instance, tmp_pa
     assert _started(crashed)
     done = committed_transactions(crashed)
     assert done == list(range(N_TX - 1))  # every whole transaction before the torn one, in order
+
+
+def test_damaged_wal_header_with_frames_behind_it_is_refused_unless_the_loss_is_accepted(instance, tmp_path):
+    from fleet_server._recovery import check_sqlite
+
+    inst, _ = instance
+    crashed = tmp_path / "crashed"
+    _wal_snapshot(inst, crashed)
+    wal = crashed / "fleet.db-wal"
+    raw = bytearray(wal.read_bytes())
+    raw[20] ^= 0xFF  # salt-2 of the header: its checksum no longer matches, so SQLite ignores every frame
+    wal.write_bytes(bytes(raw))
+    with pytest.raises(CorruptStateError, match="WAL header of fleet.db-wal is damaged"):
+        check_sqlite(crashed / "fleet.db")
+    check_sqlite(crashed / "fleet.db", accept_wal_loss=True)
+    assert committed_transactions(crashed) == []  # what accepting that loss means
