@@ -3,11 +3,14 @@
 A. Register ``--devices`` devices: one enrollment token per device from the admin API,
    then ``POST /api/v1/enroll`` (client processes; keys generated in the client).
 B. Sustained signed check-ins (``POST .../heartbeat``) under gunicorn
-   (``edgepack fleet serve --workers N``) from ``--procs`` client processes x
-   ``--threads`` threads, each request signed when sent (fresh timestamp and nonce).
-   Reports throughput, p50/p99, the load average, and the server's CPU per request
-   (gunicorn workers' utime+stime from /proc), plus a cProfile of one worker-free
-   heartbeat path through the same app (Flask test client) to show where the time goes.
+   (``edgepack fleet serve --workers N --threads T``). Every request is signed *before*
+   the timed phase (fresh nonce each, timestamp inside the server's 300 s window) and
+   sent by Debian's ``wrk`` over ``--connections`` keep-alive connections
+   (``_checkin_load.py``; a Python raw-socket fallback without wrk), so the client
+   takes little of the 2 cores. Reports throughput, p50/p99, the load average, the
+   server's CPU per check-in (gunicorn workers' utime+stime from /proc), the client's
+   CPU, and the rate that CPU cost allows on 2 free cores; then a cProfile of
+   heartbeats through the same app in this process (Flask test client).
 C. Roll a ~5 MB release (an MLP trained on sklearn digits, as in bench_tuf.py) out to
    ``--rollout-devices`` simulated devices, then a fine-tuned parameter update of it
    (all layers, lr 1e-4, like RESULTS.md C) uploaded through
@@ -18,9 +21,13 @@ C. Roll a ~5 MB release (an MLP trained on sklearn digits, as in bench_tuf.py) o
    Half of the devices take the delta (the agent's rule), half the full update, so bytes
    with and without deltas are both measured over HTTP.
 
-Usage (about 2-4 minutes on 2 shared cores):
+Usage (about 3-5 minutes on 2 shared cores; the last line is a one-line SUMMARY):
 
     .venv/bin/python benchmarks/bench_fleet.py --workers 2 --procs 2 --threads 4
+
+Only the check-in phase (devices written straight into the database; ~1 minute):
+
+    .venv/bin/python benchmarks/bench_fleet.py --checkin-only
 """
 
 from __future__ import annotations
@@ -137,12 +144,15 @@ def _checkin_phase(a: argparse.Namespace, port: int, master: int, pairs: list[tu
     parts = a.wrk_threads if client == "wrk" else a.procs
     n, sign_s = presign_heartbeats(pairs, int(a.max_rate * a.checkin_seconds), parts, port, req_dir)
     print(json.dumps({"B_presigned": n, "seconds": round(sign_s, 1)}), flush=True)
-    load0, cpu0 = os.getloadavg(), _worker_cpu(master)
+    pg = getattr(a, "pg_master", None)
+    load0, cpu0, pg0 = os.getloadavg(), _worker_cpu(master), _worker_cpu(pg) if pg else 0.0
     if client == "wrk":
         r = run_wrk(port, req_dir, a.wrk_threads, a.connections, a.checkin_seconds)
     else:
         r = run_python(port, req_dir, a.procs, a.connections, a.checkin_seconds)
     cpu = _worker_cpu(master) - cpu0
+    db_cpu = _worker_cpu(pg) - pg0 if pg else 0.0
+    cpu += db_cpu
     shutil.rmtree(req_dir, ignore_errors=True)
     done, wall = r["requests"], r["wall_s"]
     errors = r["non200"] + r["errors_connect"] + r["errors_read"] + r["errors_write"] + r["errors_timeout"]
@@ -151,6 +161,7 @@ def _checkin_phase(a: argparse.Namespace, port: int, master: int, pairs: list[tu
             "ran_out_of_presigned": r["ran_out_threads"], "seconds": round(wall, 1), "per_s": round(done / wall),
             "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
             "server_cpu_ms_per_req": round(server_ms, 3), "client_cpu_ms_per_req": round(client_ms, 3),
+            "of_which_postgresql_ms_per_req": round(db_cpu / done * 1000, 3) if pg else None,
             "server_cpu_share_of_2_cores": round(cpu / wall / 2, 2),
             "client_cpu_share_of_2_cores": round(r["client_cpu_s"] / wall / 2, 2),
             "projected_per_s_on_2_free_cores": round(2000 / (server_ms + client_ms)),
@@ -168,7 +179,7 @@ def _summary(b: dict[str, Any], a: argparse.Namespace) -> str:
 
 
 def _worker_cpu(master: int) -> float:
-    """utime+stime (s) of the gunicorn master's children (and the master)."""
+    """utime+stime (s) of a master process (gunicorn, or PostgreSQL's postmaster) and its children."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for p in Path("/proc").iterdir():
@@ -425,6 +436,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--max-rate", type=float, default=3000.0,
                     help="pre-signed check-ins per second of --checkin-seconds (must exceed the rate reached)")
     ap.add_argument("--no-profile", action="store_true", help="skip the in-process cProfile of heartbeats")
+    ap.add_argument("--postgres", action="store_true",
+                    help="run the server on a throwaway local PostgreSQL (tests/support/postgres.py) instead of SQLite")
     return ap.parse_args()
 
 
@@ -442,6 +455,25 @@ def _wait_healthy(port: int) -> None:
 
 def main() -> None:
     a = _args()
+    stop_pg = None
+    if a.postgres:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from support.postgres import start_postgres
+
+        url, reason, stop_pg = start_postgres()
+        if url is None:
+            raise SystemExit(f"--postgres: {reason}")
+        os.environ["EDGEPACK_DATABASE_URL"] = url  # fleet init, fleet serve and the direct enrollment
+        # the PostgreSQL backends' CPU is server CPU too: its postmaster heads them
+        a.pg_master = int((Path(url.split("host=", 1)[1]) / "data" / "postmaster.pid").read_text().split()[0])
+    try:
+        _run(a)
+    finally:
+        if stop_pg is not None:
+            stop_pg()
+
+
+def _run(a: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     inst = tmp / "instance"
     release_key, root_key = generate_key(), generate_key()
@@ -502,7 +534,7 @@ def main() -> None:
         results["B_profile"] = {"in_process_cpu_ms_per_heartbeat": round(cpu_req * 1000, 3)}
         print(prof)
     print(json.dumps(results, indent=1))
-    print(_summary(results["B_checkins"], a))
+    print(_summary(results["B_checkins"], a) + (" | PostgreSQL" if a.postgres else " | SQLite"))
     shutil.rmtree(tmp, ignore_errors=True)
 
 
