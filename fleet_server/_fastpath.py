@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,8 @@ from edgepack._device_auth import (
 from ._checkin import Heartbeat, heartbeat_from_doc
 
 __all__ = ["API_HEADERS", "HeartbeatFastPath"]
+
+log = logging.getLogger("fleet_server")
 
 #: the headers ``_app`` adds to every API answer (the fast path adds the same)
 API_HEADERS = (
@@ -110,4 +113,9 @@ class HeartbeatFastPath:
             verify_request(key, headers, "POST", path, body, now, seen, skew)
         except EdgepackError:
             return False  # Flask repeats the checks and answers with the proper error
+        except Exception as e:  # noqa: BLE001 (a driver error, a lost connection: nothing committed)
+            # Never let it reach the WSGI server (a bare 500, no JSON, no security headers): Flask
+            # runs the request again on a fresh connection and answers, or logs and answers 500.
+            log.warning("heartbeat fast path declined after %s: %s", type(e).__name__, e)
+            return False
         return recorded == [True]

@@ -251,3 +251,22 @@ def test_the_fast_path_answers_exactly_like_flask(fleet_config, client, enroll):
         assert answers[0] == answers[1]
     finally:
         slow.extensions["edgepack_fleet"].db.dispose()
+
+
+def test_a_database_connection_lost_under_the_fast_path_is_answered_by_flask(app, fleet, client, enroll):
+    """A dead DBAPI connection (PostgreSQL restarted, failed over, or an admin's pg_terminate_backend)
+    makes the check-in raise a driver error, not an EdgepackError. The middleware must hand the
+    request to Flask, which retries on a fresh connection, instead of letting the exception escape
+    to the WSGI server (a bare 500 without JSON or security headers)."""
+    if fleet.db.is_sqlite:
+        pytest.skip("an embedded SQLite has no server side that can drop the connection")
+    dev = enroll()
+    assert dev.heartbeat(1).status_code == 200  # warms the key cache and this thread's connection
+    pid = fleet.checkins._connection().info.backend_pid
+    with fleet.db.engine.connect() as other:
+        other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+    calls = _count_view_calls(app)
+    path, body, h = _heartbeat(dev, active_version=2)
+    r = client.post(path, data=body, headers=h)
+    assert r.status_code == 200 and r.json == {"poll_after_s": fleet.config.poll_after_s}
+    assert calls[0] == 1 and r.headers["X-Frame-Options"] == "DENY"
