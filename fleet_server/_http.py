@@ -14,6 +14,9 @@ from ._errors import BadRequestError
 __all__ = ["NAME_RE", "check_name", "fleet", "json_body", "opt", "tags_of"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: an int-only field lands in an INTEGER column: PostgreSQL's is 32-bit (out of range is a driver
+#: error, a 500), SQLite's 64-bit (beyond it sqlite3 raises OverflowError)
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 
 
 def fleet() -> Any:
@@ -54,6 +57,8 @@ def opt(doc: dict[str, Any], key: str, typ: type | tuple[type, ...], default: An
     if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
         names = "/".join(t.__name__ for t in types)
         raise BadRequestError(f"field {key!r} must be {names}, got {type(v).__name__}", where=key)
+    if types == (int,) and not INT_MIN <= v <= INT_MAX:
+        raise BadRequestError(f"field {key!r} is outside {INT_MIN}..{INT_MAX}", where=key)
     return v
 
 

@@ -108,3 +108,17 @@ def test_security_headers_are_set(client):
     r = client.get("/login")
     assert "default-src 'self'" in r.headers["Content-Security-Policy"]
     assert r.headers["X-Frame-Options"] == "DENY" and r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("route", ["heartbeat", "report"])
+@pytest.mark.parametrize("version", [2**31, -(2**31) - 1, 2**63, 2**70])
+def test_a_version_outside_the_database_integer_range_is_400_not_500(enroll, fleet, route, version):
+    dev = enroll()
+    before = _counts(fleet)
+    if route == "heartbeat":  # answered by the fast path when accepted; a refusal must come from Flask as JSON
+        r = dev.request("POST", f"/api/v1/devices/{dev.id}/heartbeat", {"active_version": version})
+    else:
+        r = dev.report("status", version)
+    assert r.status_code == 400 and r.json["error"] == "BadRequestError", r.get_data()
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert _counts(fleet) == before
