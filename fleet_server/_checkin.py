@@ -153,12 +153,15 @@ class CheckinStore:
         self._max_keys = max_cached_keys
         self._keys: dict[str, _LoadedKey] = {}
         self._local = threading.local()
+        self._open: list[Any] = []  # every thread's connection, so dispose can close them all
+        self._open_lock = threading.Lock()
         self._prune_at = 0.0
         self._error = db.engine.dialect.dbapi.Error
         db_file = db.url.split("///", 1)[-1] if db.is_sqlite else ""
         self._lock_path = f"{db_file}-checkin.lock" if db_file and db_file != ":memory:" else None
         self._lock_fd: int | None = None
         self._lock_pid = 0
+        db.on_dispose(self.close_all)
 
     # ---- connections --------------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -167,12 +170,29 @@ class CheckinStore:
             fairy = self._db.engine.raw_connection()
             fairy.detach()  # ours for the thread's life: no pool round trip (or pre-ping) per request
             self._local.fairy = fairy
+            with self._open_lock:
+                self._open.append(fairy)
         return fairy.dbapi_connection
+
+    def close_all(self) -> None:
+        """Close every thread's connection (``Database.dispose`` calls this)."""
+        with self._open_lock:
+            open_, self._open = self._open, []
+        for fairy in open_:
+            with contextlib.suppress(self._error):
+                fairy.close()
+        self._local = threading.local()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _discard(self) -> None:
         fairy = getattr(self._local, "fairy", None)
         self._local.fairy = None
         if fairy is not None:
+            with self._open_lock:
+                if fairy in self._open:
+                    self._open.remove(fairy)
             with contextlib.suppress(self._error):  # already broken: dropping it is all we can do
                 fairy.close()
 

@@ -12,7 +12,7 @@ leaves either the whole transaction or none of it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ class Database:
             raise ConfigError(f"cannot open database {self.safe_url}: {e}", where="EDGEPACK_DATABASE_URL") from e
         self._write = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.RLock()
+        self._on_dispose: list[Callable[[], None]] = []
         self._read = sessionmaker(self._read_engine, expire_on_commit=False)
 
     @property
@@ -148,6 +149,12 @@ class Database:
         with self._read() as s, s.begin():
             yield s
 
+    def on_dispose(self, close: Callable[[], None]) -> None:
+        """Call ``close`` in ``dispose``: for connections kept outside the pools (the check-in path)."""
+        self._on_dispose.append(close)
+
     def dispose(self) -> None:
+        for close in self._on_dispose:
+            close()
         self.engine.dispose()
         self._read_engine.dispose()
