@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from edgepack import SigningKey
+from edgepack import EdgepackError, SigningKey
 from edgepack._device_auth import sign_request
+from edgepack._weights import read_weights
 from edgepack.federated import CompressionConfig, ErrorFeedback, compress, encode_update
 
 from .._train import TrainConfig, train_local
@@ -37,6 +38,29 @@ def _decode_params(doc: dict[str, Any]) -> dict[str, np.ndarray]:
         a = np.frombuffer(base64.b64decode(t["data"]), dtype=np.dtype(t["dtype"]).newbyteorder("<"))
         out[name] = a.astype(t["dtype"]).reshape(t["shape"])
     return out
+
+
+def _verified_base(params: Any, model: Any) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The round's global params, as the installed model holds them; or (None, why not).
+
+    The round assignment is plain JSON with no signature of its own (and no TLS by default),
+    while the installed model was verified (release signature, TUF) before it was loaded. So
+    the params are only a claim: they must name tensors of the installed artifact and equal
+    them bit for bit, and the delta is taken against the verified copy.
+    """
+    try:
+        offered = _decode_params(params)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # binascii.Error is a ValueError
+        return None, f"malformed round parameters ({type(e).__name__}: {e})"
+    try:
+        base = read_weights(model.format, model.artifact_bytes, sorted(offered))
+    except EdgepackError as e:
+        return None, f"the installed model has no such parameters: {e.message}"
+    for name, a in offered.items():
+        b = base[name]
+        if a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a, b):
+            return None, f"round parameter {name!r} differs from the installed, verified model"
+    return base, ""
 
 
 def participate(api: FleetClient, device_id: str, key: SigningKey, state_dir: str | Path, model: Any,
@@ -71,10 +95,16 @@ def participate(api: FleetClient, device_id: str, key: SigningKey, state_dir: st
     if getattr(model, "version", None) != rnd["base_version"] or getattr(model, "name", None) != rnd["model"]:
         return {"status": "skipped", "round_id": rid,
                 "reason": f"installed model is not {rnd['model']} v{rnd['base_version']}"}
-    global_params = _decode_params(rnd["params"])
+    global_params, why = _verified_base(rnd.get("params"), model)
+    if global_params is None:
+        return {"status": "skipped", "round_id": rid, "reason": why}
     t0 = time.monotonic()
     upd = train_local(model, inputs, labels, trainer=trainer, config=train_config)
     train_s = time.monotonic() - t0
+    untrained = sorted(set(global_params) - set(upd.weights))
+    if untrained:
+        return {"status": "skipped", "round_id": rid, "train_s": train_s,
+                "reason": f"the installed model's local training does not change {untrained}"}
     delta = {n: (np.asarray(upd.weights[n], np.float64) - g.astype(np.float64)).astype(g.dtype)
              for n, g in global_params.items()}
     if rnd["deadline_at"] - now() < 1.0:

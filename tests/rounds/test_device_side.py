@@ -131,3 +131,63 @@ def test_device_side_module_imports_no_server_or_training_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def _tamper_round_answer(app, how: str):
+    """A network attacker between device and server (no TLS: residual risk R1) rewriting the
+    round assignment, which is plain JSON with no signature of its own."""
+    import base64
+    import json
+
+    inner = app.wsgi_app
+
+    def wsgi(environ, start_response):
+        if not environ["PATH_INFO"].endswith("/round"):
+            return inner(environ, start_response)
+        captured = {}
+        body = b"".join(inner(environ, lambda status, headers, *a: captured.update(status=status)))
+        doc = json.loads(body)
+        params = (doc.get("round") or {}).get("params")
+        if params:
+            if how == "shifted":  # every weight moved: the device would upload (trained - forged) as its delta
+                w = params["W"]
+                a = np.frombuffer(base64.b64decode(w["data"]), np.float32) + np.float32(0.5)
+                w["data"] = base64.b64encode(a.tobytes()).decode()
+            elif how == "malformed":
+                params["W"]["data"] = "%%% not base64 %%%"
+            elif how == "foreign_name":  # a tensor the device's trainer does not produce
+                params["hidden"] = dict(params["b"])
+        out = json.dumps(doc).encode()
+        start_response(captured["status"], [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
+        return [out]
+
+    return wsgi
+
+
+@pytest.mark.parametrize("how", ["shifted", "malformed", "foreign_name"])
+def test_round_params_that_differ_from_the_verified_installed_model_are_never_trained_on(
+        admin, enroll, app, model, digits, tmp_path, how):
+    """The round's global params arrive unsigned; the installed model they must equal was verified
+    (release signature, TUF). A device compares them before use and skips the round on any
+    difference, instead of uploading a delta against forged weights or crashing the agent loop."""
+    from werkzeug.serving import make_server
+
+    from runtime.agent._federated import participate
+    from runtime.agent._http import FleetClient
+
+    dev = enroll("d0")
+    rid = admin.post("/rounds", {"model": "digits", "base_version": 1, "params": ["W", "b"],
+                                 "min_clients": 1}).json["id"]
+    srv = make_server("127.0.0.1", 0, _tamper_round_answer(app, how), threaded=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        out = participate(FleetClient(f"http://127.0.0.1:{srv.server_port}"), dev.id, dev.key, tmp_path, model,
+                          *_split(digits, 0, 3), conditions=lambda: {"charging": True, "idle": True, "wifi": True})
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(timeout=10)
+    assert out["status"] == "skipped" and out["round_id"] == rid, out
+    assert "installed" in out["reason"] or "malformed" in out["reason"], out
+    assert admin.get(f"/rounds/{rid}").json["accepted"] == []
