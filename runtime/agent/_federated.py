@@ -10,6 +10,7 @@ codec drops in one round is sent in the next.
 from __future__ import annotations
 
 import base64
+import re
 import time
 import urllib.error
 from collections.abc import Callable, Collection
@@ -30,6 +31,20 @@ from ._http import FleetClient, open_url
 __all__ = ["FEEDBACK_FILE", "participate"]
 
 FEEDBACK_FILE = "fl-feedback.state"
+_ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")  # it goes into the upload's URL path
+
+
+def _malformed(rnd: Any) -> str | None:
+    """Why a round assignment cannot be used (it is unsigned JSON), or None."""
+    if not isinstance(rnd, dict):
+        return "the round is not an object"
+    fields = (("round_id", str), ("model", str), ("base_version", int), ("deadline_at", (int, float)))
+    bad = [k for k, t in fields if not isinstance(rnd.get(k), t) or isinstance(rnd.get(k), bool)]
+    if not isinstance(rnd.get("eligibility") or {}, dict) or not isinstance(rnd.get("codecs") or [], list):
+        bad.append("eligibility/codecs")
+    if not bad and not _ROUND_ID.match(rnd["round_id"]):
+        bad.append("round_id")
+    return f"malformed round assignment: {bad}" if bad else None
 
 
 def _decode_params(doc: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -83,6 +98,9 @@ def participate(api: FleetClient, device_id: str, key: SigningKey, state_dir: st
     rnd = (doc or {}).get("round")
     if not rnd:
         return {"status": "no_round"}
+    why = _malformed(rnd)
+    if why:
+        return {"status": "skipped", "round_id": None, "reason": why}
     rid = rnd["round_id"]
     if rid in skip_rounds:
         return {"status": "answered", "round_id": rid}
