@@ -62,7 +62,7 @@ class Fleet:
         self.storage = storage or LocalStorage(config.artifacts_dir)
         self.publisher: Publisher = open_publisher(config.instance_dir, self.storage, self._published_release)
         self.metrics = FleetMetrics(self)
-        self.checkins = CheckinStore(self.db)
+        self.checkins = CheckinStore(self.db, nonce_window_s=config.max_skew_s + 1)
         self._last_tick: dict[int, float] = {}
 
     def _published_release(self, group: str, filename: str) -> tuple[str, str] | None:

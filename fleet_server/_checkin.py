@@ -16,13 +16,15 @@ SQL that SQLite (3.24+) and PostgreSQL (9.5+) both accept unchanged.
   device's key) is evicted and the request refused.
 * **One transaction** after the signature and clock checks, in this order:
 
-  1. ``INSERT`` the nonce ``ON CONFLICT (nonce) DO NOTHING``: zero rows inserted means a
-     replay. The primary key makes this atomic across every gunicorn worker and thread.
+  1. ``INSERT`` (signed timestamp, nonce) ``ON CONFLICT DO NOTHING``: zero rows inserted means
+     a replay. The primary key makes this atomic across every gunicorn worker and thread.
   2. ``SELECT`` the device with its group and desired release: it must be ``active`` and
      have the key that verified the signature.
   3. ``UPDATE`` ``last_seen_at`` (at most every ``seen_every_s``) and, for a heartbeat,
      ``active_version``/``state`` only when they changed.
-  4. At most every ``prune_every_s`` per worker, ``DELETE`` nonces past their window.
+  4. At most every ``prune_every_s`` (0.5 s) per worker, ``DELETE`` the nonces whose signed
+     timestamp left the window: one contiguous range of the (ts, nonce) key, at most two
+     seconds of it per prune, so the write lock is never held for a backlog.
   5. ``COMMIT``; the answer is sent only after it, so nothing acknowledged is lost.
 """
 
@@ -48,6 +50,9 @@ from ._errors import BadRequestError, UnknownDeviceError
 from ._http import opt
 from ._models import Device, Group, Nonce, Release
 
+#: one prune deletes at most this many seconds of signed timestamps (a backlog after downtime
+#: goes in steps, so the write lock is never held for long)
+_PRUNE_SPAN_S = 2
 _USE_FLOCK = os.environ.get("EDGEPACK_CHECKIN_FLOCK", "1") != "0"  # A/B switch for the benchmark only
 
 __all__ = ["CheckinStore", "DeviceRow", "Heartbeat", "ReleaseInfo", "heartbeat_from_doc"]
@@ -123,14 +128,16 @@ def _sql(db: Database) -> dict[str, str]:
     dev, grp, rel, non = (q(t.__tablename__) for t in (Device, Group, Release, Nonce))
     sql = {
         "key": f"SELECT public_key FROM {dev} WHERE id = ?",
-        "nonce": f"INSERT INTO {non} (nonce, device_id, expires_at) VALUES (?, ?, ?) ON CONFLICT (nonce) DO NOTHING",
+        "nonce": f"INSERT INTO {non} (ts, nonce, device_id) VALUES (?, ?, ?) ON CONFLICT (ts, nonce) DO NOTHING",
         "device": f"SELECT d.public_key, d.status, d.group_id, g.name, d.last_seen_at, d.active_version, d.state, "
                   f"d.desired_release_id, d.rollout_id, d.wave, r.name, r.version, r.sha256, r.size, r.kind, "
                   f"r.base_version FROM {dev} d JOIN {grp} g ON g.id = d.group_id "
                   f"LEFT JOIN {rel} r ON r.id = d.desired_release_id WHERE d.id = ?",
         "seen": f"UPDATE {dev} SET last_seen_at = ? WHERE id = ?",
         "heartbeat": f"UPDATE {dev} SET last_seen_at = ?, active_version = ?, state = ? WHERE id = ?",
-        "prune": f"DELETE FROM {non} WHERE expires_at < ?",
+        # rows are keyed (ts, nonce): the oldest first, and a range of them is a few contiguous pages
+        "oldest": f"SELECT MIN(ts) FROM {non}",
+        "prune": f"DELETE FROM {non} WHERE ts < ?",
     }
     paramstyle = db.engine.dialect.dbapi.paramstyle  # sqlite3: qmark; psycopg: pyformat/format
     return sql if paramstyle == "qmark" else {k: v.replace("?", "%s") for k, v in sql.items()}
@@ -144,9 +151,10 @@ class CheckinStore:
     write lock, as ``Database.write`` does.
     """
 
-    def __init__(self, db: Database, *, seen_every_s: float = 5.0, prune_every_s: float = 10.0,
-                 max_cached_keys: int = 200_000) -> None:
+    def __init__(self, db: Database, *, nonce_window_s: int = 301, seen_every_s: float = 5.0,
+                 prune_every_s: float = 0.5, max_cached_keys: int = 200_000) -> None:
         self._db = db
+        self._window_s = nonce_window_s
         self._sql = _sql(db)
         self._seen_every_s = seen_every_s
         self._prune_every_s = prune_every_s
@@ -219,7 +227,8 @@ class CheckinStore:
             self._discard()
             raise
         finally:
-            cur.close()
+            with contextlib.suppress(self._error):
+                cur.close()
         if row is None:
             raise UnknownDeviceError(f"unknown or revoked device {device_id!r}", where="X-Edgepack-Device",
                                      hint="enroll the device with a fresh enrollment token")
@@ -244,20 +253,21 @@ class CheckinStore:
         else:
             conn.rollback()
 
-    def check_in(self, device_id: str, key: PublicKey, nonce: str, nonce_expires_at: float, now: float,
+    def check_in(self, device_id: str, key: PublicKey, nonce: str, ts: int, now: float,
                  heartbeat: Heartbeat | None = None) -> DeviceRow | None:
         """Record one authenticated request; return the device, or None if the nonce was seen before.
 
-        Call only after the signature (by ``key``) and the clock window were verified.
+        Call only after the signature (by ``key``) and the clock window were verified; ``ts`` is
+        the request's signed timestamp (a replay repeats it, with the nonce).
 
         Raises:
             UnknownDeviceError: the device is unknown or revoked (nothing is written).
             RequestSignatureError: the device's stored key is not ``key``.
         """
         if not self._db.is_sqlite:
-            return self._transaction(device_id, key, nonce, nonce_expires_at, now, heartbeat)
+            return self._transaction(device_id, key, nonce, ts, now, heartbeat)
         with self._db.write_lock, self._file_lock():
-            return self._transaction(device_id, key, nonce, nonce_expires_at, now, heartbeat)
+            return self._transaction(device_id, key, nonce, ts, now, heartbeat)
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -279,7 +289,7 @@ class CheckinStore:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _transaction(self, device_id: str, key: PublicKey, nonce: str, expires_at: float, now: float,
+    def _transaction(self, device_id: str, key: PublicKey, nonce: str, ts: int, now: float,
                      hb: Heartbeat | None) -> DeviceRow | None:
         conn = self._connection()
         sql = self._sql
@@ -288,7 +298,7 @@ class CheckinStore:
         try:
             if self._db.is_sqlite:
                 cur.execute("BEGIN IMMEDIATE")  # we write first, so no read-then-upgrade (SQLITE_BUSY_SNAPSHOT)
-            cur.execute(sql["nonce"], (nonce, device_id, expires_at))
+            cur.execute(sql["nonce"], (ts, nonce, device_id))
             if cur.rowcount != 1:
                 return None
             cur.execute(sql["device"], (device_id,))
@@ -308,14 +318,19 @@ class CheckinStore:
                 cur.execute(sql["seen"], (now, device_id))
             if now >= self._prune_at:  # nonces outside every request's window can never match again
                 self._prune_at = now + self._prune_every_s
-                cur.execute(sql["prune"], (now,))
+                cur.execute(sql["oldest"])
+                oldest = cur.fetchone()[0]
+                cutoff = int(now) - self._window_s
+                if oldest is not None and oldest < cutoff:
+                    cur.execute(sql["prune"], (min(cutoff, oldest + _PRUNE_SPAN_S),))
             self._end(commit=True)
             committed = True
         except self._error:
             self._discard()
             raise
         finally:
-            cur.close()
+            with contextlib.suppress(self._error):  # its connection may be closed already
+                cur.close()
             if not committed and getattr(self._local, "fairy", None) is not None:
                 self._end(commit=False)
         rel = None if r[10] is None else ReleaseInfo(r[10], r[11], r[12], r[13], r[14], r[15])

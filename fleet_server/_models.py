@@ -41,7 +41,8 @@ __all__ = [
 
 #: bump when a table changes; the server refuses to start on a different one (see docs/fleet.md, migrations).
 #: 2 added audit_log (with its append-only triggers) and rate_limits; ``Database.create_schema`` upgrades 1 -> 2.
-SCHEMA_VERSION = 2
+#: 3 keys nonces by (signed timestamp, nonce), so expired ones are deleted as one contiguous range.
+SCHEMA_VERSION = 3
 
 
 def now() -> float:
@@ -109,12 +110,19 @@ class Device(Base):
 
 
 class Nonce(Base):
-    """Nonces of accepted signed requests, kept for the clock-skew window (replay defence)."""
+    """Nonces of accepted signed requests, kept for the clock-skew window (replay defence).
+
+    The key is (signed timestamp, nonce): a replay repeats both, since both are signed. Leading
+    with the timestamp keeps the rows in time order, so the check-in path deletes expired ones
+    as one contiguous range; keyed by the random nonce alone, every deletion dirtied a random
+    index page (500 deletions held the write lock for 40 ms at 600,000 rows, the steady state
+    at 1,000 check-ins/s with a 300 s window).
+    """
 
     __tablename__ = "nonces"
+    ts: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(64))
-    expires_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 class Release(Base):
