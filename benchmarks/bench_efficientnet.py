@@ -4,12 +4,14 @@ Side by side on the same photo crops and in the same process:
   * torch eager (the original; the reference for every parity figure),
   * plain ORT: ``torch.onnx.export(dynamo=True)`` + ``quantize_static`` with its DEFAULTS,
   * plain LiteRT: ``litert_torch.convert`` defaults (fp32) and its default PT2E int8 config,
-  * edgepack: ``converters.build`` when it works, else the benchmark's own path using
+  * edgepack: ``converters.build`` with ``--auto-fix`` (nodes selected on other crops of the
+    calibration photos) when it works, else the benchmark's own path using
     ``converters._cpu.recommend_ort_int8`` (the run says which one was used).
-Per artifact: size, build time, parity vs torch, and batch-1 latency p50/p95 at 1 and 2
-threads in the device runtimes (onnxruntime, ai-edge-litert), timed interleaved.
+Per artifact: size (and a byte breakdown by role), build time, parity vs torch, and batch-1
+latency p50/p95 at 1 and 2 threads in the device runtimes (onnxruntime, ai-edge-litert), timed
+interleaved; plus the noise ceiling (torch vs itself under +-1/255 pixel noise).
 
-    .venv/bin/python benchmarks/bench_efficientnet.py [--quick] [--json out.json] [--no-edgepack-build]
+    .venv/bin/python benchmarks/bench_efficientnet.py [--quick] [--json out.json] [--no-edgepack-build] [--no-auto-fix]
 """
 
 from __future__ import annotations
