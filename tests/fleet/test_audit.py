@@ -215,20 +215,24 @@ def test_a_missed_deadline_is_an_automatic_rollback_by_the_system(fleet, rollout
 
 def test_a_v1_database_is_upgraded_in_place(fleet_config):
     """A database written by the previous release: no audit_log/rate_limits, schema_version 1, some data."""
+    from alembic import command
+
     from fleet_server import Database
-    from fleet_server._models import Base, Group, Meta
+    from fleet_server._migrate import _config
+    from fleet_server._models import SCHEMA_VERSION, Group, Meta
 
     db = Database(fleet_config.db_url)
-    v1 = [t for name, t in Base.metadata.tables.items() if name not in ("audit_log", "rate_limits")]
-    Base.metadata.create_all(db.engine, tables=v1)
+    with db.engine.begin() as conn:  # the first release's tables, exactly (revision 0001), unstamped
+        command.upgrade(_config(conn), "0001")
+        conn.execute(text("DROP TABLE alembic_version"))
     with db.write() as s:
         s.add(Meta(key="schema_version", value="1"))
         s.add(Group(name="lab"))
     with pytest.raises(Exception, match="another schema version"):
         db.check_schema(upgrade=False)
-    db.check_schema()  # what serve / admin-token run first: upgrades 1 -> 2
+    db.check_schema()  # what serve / admin-token run first: upgrades 1 -> the current version
     with db.read() as s:
-        assert s.get(Meta, "schema_version").value == "2"
+        assert s.get(Meta, "schema_version").value == str(SCHEMA_VERSION)
         assert s.scalar(select(Group.name)) == "lab"  # the old data is kept
         rows = list(s.scalars(select(AuditEntry)))
     assert [(e.action, e.actor) for e in rows] == [("schema.upgrade", "system")]
