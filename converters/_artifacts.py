@@ -3,8 +3,10 @@ quantize passes. A registry maps the target to its producer (STYLE rule 7)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +34,8 @@ class Artifact:
     #: for int8-static ONNX: the pre-processed float graph that was quantized (localization needs it)
     float_graph: bytes | None = None
     notes: list[str] = field(default_factory=list)
+    #: for int8-static ONNX: ORT's calibration cache (JSON tensor ranges), reused by --auto-fix
+    calibration_cache: bytes | None = None
 
 
 def artifact_name(model: str, fmt: str, precision: str) -> str:
@@ -66,23 +70,29 @@ def _produce_onnx(m: LoadedModel, spec: IOSpec, recipe: Recipe, precisions: tupl
     for p in precisions:
         extra: dict[str, Any] = {}
         float_graph = None
+        cache = None
         if p == "fp32":
             data = fp32
+        elif p == "int8-static":
+            # pre-process once: the same graph is quantized and kept for localization, and the
+            # calibrated ranges are kept so --auto-fix re-quantizes without calibrating again
+            float_graph = _preprocessed(fp32) if recipe.onnx.pre_process else fp32
+            with tempfile.TemporaryDirectory() as d:
+                cfg = replace(onnx_quant_config(recipe, fp32, p, calib), pre_process=False,
+                              calibration_cache=str(Path(d) / "calibration.json"))
+                data = _quantize_onnx.run(float_graph, cfg)
+                cache = Path(cfg.calibration_cache).read_bytes() if Path(cfg.calibration_cache).exists() else None
+            extra["int8_settings"] = {k: v for k, v in _quantize_onnx.int8_settings(cfg).items()}
+            if cfg.nodes_to_exclude:
+                extra["nodes_kept_in_float"] = list(cfg.nodes_to_exclude)
         else:
-            cfg = onnx_quant_config(recipe, fp32, p, calib)
-            data = _quantize_onnx.run(fp32, cfg)
-            if p == "int8-static":
-                extra["int8_settings"] = {k: v for k, v in _quantize_onnx.int8_settings(cfg).items()}
-                if cfg.nodes_to_exclude:
-                    extra["nodes_kept_in_float"] = list(cfg.nodes_to_exclude)
-                float_graph = _preprocessed(fp32) if recipe.onnx.pre_process else fp32
-        out.append(Artifact(artifact_name(recipe.model.name, "onnx", p), "onnx", p, data, extra, float_graph))
+            data = _quantize_onnx.run(fp32, onnx_quant_config(recipe, fp32, p, calib))
+        out.append(Artifact(artifact_name(recipe.model.name, "onnx", p), "onnx", p, data, extra, float_graph,
+                            calibration_cache=cache))
     return out
 
 
 def _preprocessed(data: bytes) -> bytes:
-    import tempfile
-    from pathlib import Path
     with tempfile.TemporaryDirectory() as d:
         return _quantize_onnx.pre_process(data, Path(d))
 

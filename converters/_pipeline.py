@@ -320,6 +320,8 @@ def _auto_fix(a: Artifact, rec: Recipe, spec: IOSpec, x: np.ndarray, y: np.ndarr
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         cache = str(Path(d) / "calibration.json")
+        if a.calibration_cache is not None:  # the ranges the artifact was quantized with: no re-calibration
+            Path(cache).write_bytes(a.calibration_cache)
 
         def requantize(excluded: tuple[str, ...]) -> bytes:
             cfg = onnx_quant_config(rec, fp32, "int8-static", calib.x, excluded)
