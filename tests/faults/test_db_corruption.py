@@ -8,7 +8,9 @@ the server back. A torn WAL *tail* is what a crash mid-append leaves, so it star
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -26,8 +28,17 @@ N_TX = 6
 
 
 def _serve_refused(inst: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, "fleet", "serve", "--instance", str(inst), "--port", str(free_port()),
-                           "--workers", "1", *extra], capture_output=True, text=True, timeout=60)
+    """Run ``fleet serve`` expecting it to refuse; if it starts instead, stop it and fail."""
+    p = subprocess.Popen([*CLI, "fleet", "serve", "--instance", str(inst), "--port", str(free_port()),
+                          "--workers", "1", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise AssertionError("fleet serve started on damaged state instead of refusing it") from None
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 def _wal_snapshot(inst: Path, dest: Path) -> None:
@@ -52,10 +63,12 @@ def test_damaged_page_is_refused_with_exit_13_and_a_backup_restores_service(inst
     db = inst / "fleet.db"
     con = sqlite3.connect(db)
     page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    # the b-tree root of a table that has rows (a free or overflow page could hold anything)
+    root = con.execute("SELECT rootpage FROM sqlite_master WHERE type='table' AND name='admin_tokens'").fetchone()[0]
+    assert con.execute("SELECT count(*) FROM admin_tokens").fetchone()[0] >= 1 and root > 1
     con.close()
     raw = bytearray(db.read_bytes())
-    assert len(raw) // page_size >= 3
-    at = page_size * (len(raw) // page_size - 1)  # a table page, not the schema page
+    at = page_size * (root - 1)
     raw[at:at + page_size] = bytes([0xA5]) * page_size
     db.write_bytes(bytes(raw))
 
