@@ -9,6 +9,11 @@ fleet's online federated key and recorded as a parameter-update release.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +92,41 @@ def _finish(fleet: Any, r: FLRound, acc: RoundAccumulator) -> tuple[str, dict[st
     return "closed", result, None
 
 
+@contextlib.contextmanager
+def _publish_lock(fleet: Any, round_id: str) -> Iterator[None]:
+    """One publisher per round at a time, across threads and worker processes (flock on the round's
+    directory, which holds candidate.epu: the lock dies with a killed process, so a retry never waits)."""
+    fd = os.open(round_dir(fleet, round_id) / "publish.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _stored_candidate(fleet: Any, epu: bytes) -> dict[str, Any] | None:
+    """The release a previous attempt stored for this exact candidate (it crashed before recording it)."""
+    from ._releases import release_dict
+
+    with fleet.db.read() as s:
+        row = s.scalar(select(Release).where(Release.kind == "params",
+                                             Release.sha256 == hashlib.sha256(epu).hexdigest()))
+        return None if row is None else {**release_dict(row), "delta": None}
+
+
 def _publish(fleet: Any, round_id: str) -> None:
     """Record a promoted, signed candidate as a parameter-update release, then start the round's
-    planned rollout, if any (each its own transactions; a "pending" marker makes both retryable)."""
+    planned rollout, if any (each its own transactions; a "pending" marker makes both retryable).
+
+    Every close and every status read of a closed round comes here while something is pending, so
+    two can overlap (each worker's ticker, the dashboard): they take turns, and each re-reads the
+    markers under the lock, so a step is done once and its result never overwritten by a duplicate.
+    """
+    with _publish_lock(fleet, round_id):
+        _publish_locked(fleet, round_id)
+
+
+def _publish_locked(fleet: Any, round_id: str) -> None:
     from ._param_releases import store_param_update
     from ._rounds_rollout import try_planned_rollout
 
@@ -103,7 +140,9 @@ def _publish(fleet: Any, round_id: str) -> None:
             rel: Any = store_param_update(fleet, base_id, epu, None)
             reason = None
         except EdgepackError as e:
-            rel, reason = None, f"promoted and signed, but storing the release failed: {e.one_line()}"
+            rel, reason = _stored_candidate(fleet, epu), None
+            if rel is None:
+                reason = f"promoted and signed, but storing the release failed: {e.one_line()}"
         with fleet.db.write() as s:
             r = s.get(FLRound, round_id, with_for_update=True)
             r.result = {**r.result, "release": rel, **({"rollout": "pending"} if plan and rel else {})}

@@ -154,3 +154,70 @@ def test_next_round_trains_on_the_promoted_parameter_release(federated_key, admi
     onnx = next(v for k, v in arts.items() if k.endswith(".onnx"))
     np.testing.assert_array_equal(read_weights("onnx", onnx, ["W"])["W"],
                                   np.load(fleet.config.instance_dir / "rounds" / second["id"] / "candidate.npz")["W"])
+
+
+def test_a_status_read_while_a_close_publishes_does_not_overwrite_the_stored_release(
+        federated_key, admin, enroll, champion, eval_npz, fleet):
+    """A close commits the promoted round with its release "pending", then stores the release and
+    starts the planned rollout. A status read (or an admin close) in that window also runs
+    close_round, sees "pending" and publishes too: its store of the same candidate is refused as a
+    duplicate, and that failure must not replace the release the first close stored."""
+    import threading
+    import time
+
+    from fleet_server._models_rounds import FLRound
+    from fleet_server._rounds import close_round
+
+    (W0, b0), (W1, b1) = champion
+    devs = [enroll(f"d{i}") for i in range(2)]
+    r = admin.post("/rounds", {"model": "digits", "base_version": 1, "params": ["W", "b"], "min_clients": 2,
+                               "evaluation": {"path": str(eval_npz), "threshold": 0.0}, "rollout": PLAN})
+    rid = r.json["id"]
+    for d in devs:
+        blob = encode_plain(d.key, {"W": W1 - W0, "b": b1 - b0}, round_id=rid, base_version=1, device_id=d.id,
+                            num_samples=80)
+        assert d.upload(rid, blob).status_code == 200
+    errors: list[Exception] = []
+
+    def ticker_close() -> None:  # the deadline passed: what a worker's ticker runs
+        try:
+            close_round(fleet, rid, now=time.time() + 7200)
+        except Exception as e:  # noqa: BLE001 (collected and asserted below)
+            errors.append(e)
+
+    t = threading.Thread(target=ticker_close)
+    t.start()
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        with fleet.db.read() as s:
+            if (s.get(FLRound, rid).result or {}).get("release") == "pending":
+                break
+        time.sleep(0.001)
+    else:
+        pytest.fail("the close never committed its pending release")
+    close_round(fleet, rid)  # a status read inside the publish window
+    t.join(120)
+    assert errors == []
+    st = admin.get(f"/rounds/{rid}").json
+    assert st["reason"] is None, st["reason"]
+    assert st["result"]["release"]["version"] == 2 and st["result"]["rollout"]["state"] == "running", st["result"]
+    assert len(admin.get("/rollouts").json["rollouts"]) == 1
+
+
+def test_a_release_stored_just_before_a_crash_is_adopted_by_the_retried_close(
+        federated_key, admin, enroll, champion, eval_npz, fleet):
+    """A crash after store_param_update committed but before the round recorded it leaves the release
+    "pending" with the release already in the table: the retry must record that release, not fail
+    on its own duplicate store."""
+    from fleet_server._models_rounds import FLRound
+
+    (W0, b0), (W1, b1) = champion
+    out = _round(admin, [enroll("d0")], {"W": W1 - W0, "b": b1 - b0}, eval_npz)
+    stored = out["result"]["release"]
+    assert stored["version"] == 2
+    with fleet.db.write() as s:
+        r = s.get(FLRound, out["id"])
+        r.result = {**r.result, "release": "pending"}
+    st = admin.get(f"/rounds/{out['id']}").json  # a status read retries what is pending
+    assert st["reason"] is None, st["reason"]
+    assert st["result"]["release"]["id"] == stored["id"] and st["result"]["release"]["sha256"] == stored["sha256"]
