@@ -86,13 +86,15 @@ def next_delay(config: AgentConfig, failures: int, poll_after_s: float | None,
     """Seconds until the next check-in.
 
     After a success: the server's ``poll_after_s`` (or the configured interval)
-    ± ``jitter``. After ``failures`` consecutive failures: "equal jitter"
+    ± ``jitter``, never longer than the longest backoff (the answer carrying it is not
+    signed, so a forged one must not silence the device). After ``failures`` consecutive failures: "equal jitter"
     exponential backoff, uniform in [cap/2, cap] with cap = base * 2^(failures-1),
     bounded by ``backoff_max_s``.
     """
     rng = rng or random.Random()
     if failures <= 0:
         base = poll_after_s if poll_after_s and poll_after_s > 0 else config.poll_interval_s
+        base = min(base, max(config.poll_interval_s, config.backoff_max_s))
         return base * rng.uniform(1 - config.jitter, 1 + config.jitter)
     cap = min(config.backoff_max_s, config.backoff_base_s * 2 ** min(failures - 1, 30))
     return rng.uniform(cap / 2, cap)

@@ -40,3 +40,12 @@ def test_poll_follows_the_server_with_jitter() -> None:
 def test_bad_agent_config_is_a_config_error(bad: dict) -> None:
     with pytest.raises(ConfigError):
         AgentConfig(**bad)
+
+
+@pytest.mark.parametrize("poll_after", [10**9, float("inf"), 1e300])
+def test_a_forged_poll_after_cannot_put_the_agent_to_sleep_past_its_backoff_cap(poll_after: float) -> None:
+    """``poll_after_s`` comes in the heartbeat answer, which is not signed (no TLS by default): one
+    forged answer must not stop a device from checking in (and getting security updates) for years."""
+    cfg = AgentConfig(jitter=0.2, poll_interval_s=60, backoff_max_s=900)
+    delays = [next_delay(cfg, 0, poll_after, random.Random(s)) for s in range(50)]
+    assert max(delays) <= 900 * 1.2
