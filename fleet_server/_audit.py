@@ -187,13 +187,20 @@ def _reason_of_body() -> str:
 
 
 def register(app: Flask, fleet: Any) -> None:
-    """Record every mutating request made with admin credentials, whatever its outcome."""
+    """Record every mutating request made with admin credentials, whatever its outcome.
+
+    An action that changes the database gets its row in the *same transaction* as its
+    first change (``_admin_action`` below), so a crash right after the commit cannot
+    leave an action without its record. A request that changed nothing (refused,
+    invalid, rolled back) is recorded here, after the response, with its status.
+    """
 
     @app.after_request
     def _audit(resp):  # type: ignore[no-untyped-def]
         actor = admin_actor()
-        if request.method not in _MUTATING or actor is None:
+        if request.method not in _MUTATING or actor is None or g.get("_audit_done"):
             return resp
+        g._audit_done = True  # this write must not record the action a second time
         details: dict[str, Any] = {"method": request.method, "status": resp.status_code}
         body = resp.get_json(silent=True) if resp.is_json else None
         if isinstance(body, dict):
@@ -245,9 +252,32 @@ def _round_change(s: Session, r: FLRound, new: bool) -> None:
                {k: rel[k] for k in ("id", "name", "version") if k in rel})
 
 
+def _admin_action(s: Session) -> None:
+    """The first change an admin request makes carries the request's own audit row."""
+    actor = _request_admin()
+    if actor is None or g.get("_audit_done") or s.info.get("audit_action"):
+        return
+    s.info["audit_action"] = True
+    record(s, actor, f"api.{request.endpoint}", request.path, _request_reason(),
+           {"method": request.method, "recorded": "with the change"})
+
+
+@event.listens_for(Session, "after_commit")
+def _action_committed(s: Session) -> None:
+    if s.info.pop("audit_action", None) and has_request_context():
+        g._audit_done = True
+
+
+@event.listens_for(Session, "after_rollback")
+def _action_rolled_back(s: Session) -> None:
+    s.info.pop("audit_action", None)  # nothing was changed: the after-request hook records the outcome
+
+
 @event.listens_for(Session, "before_flush")
 def _decisions(s: Session, _ctx: Any, _instances: Any) -> None:
     """Rollout events and round state changes are decisions: audit them in their own transaction."""
+    if s.new or s.dirty or s.deleted:
+        _admin_action(s)
     for obj in list(s.new):
         if isinstance(obj, RolloutEvent):
             _rollout_event(s, obj)
