@@ -36,8 +36,8 @@ def _autofix_summary(report: dict) -> dict:
             "passed": fix.get("passed"), "tries": len(fix.get("tries", [])), "auto_fix_s": fix.get("seconds")}
 
 
-def build_with_converters(model, calib: np.ndarray, select: np.ndarray, tmp: str,
-                          auto_fix: bool = True) -> tuple[dict | None, float, str, dict]:
+def build_with_converters(model, calib: np.ndarray, select: np.ndarray, tmp: str, auto_fix: bool = True,
+                          retry: bool = True) -> tuple[dict | None, float, str, dict]:
     """Returns (artifacts, seconds, description, auto-fix summary); artifacts is None with the reason
     when it fails.
 
@@ -70,6 +70,8 @@ def build_with_converters(model, calib: np.ndarray, select: np.ndarray, tmp: str
             # pinned ([onnx] nodes_to_exclude, no search) and the int8 budget off, to get the bytes
             fix = {"budget": "FAILED: " + e.message.replace("\n", "; ")[:400],
                    "build_with_auto_fix_s": round(time.perf_counter() - t0, 1)} | _autofix_summary(e.report)
+            if not retry:
+                return None, time.perf_counter() - t0, "converters.build failed its int8 budget (no retry)", fix
             t0 = time.perf_counter()
             recipe["build"]["auto_fix"] = False
             recipe["onnx"] = {"nodes_to_exclude": fix.get("kept_in_float") or []}

@@ -150,12 +150,30 @@ def print_table(arts: dict[str, dict], torch_row: dict) -> None:
               f"{l2['p50_ms']:7.2f}/{l2['p95_ms']:<8.2f} {a['max_abs']:9.2e} {a['top1_agreement']:6.3f}")
 
 
+def time_builds(model, calib: np.ndarray, select: np.ndarray, json_path: str | None) -> int:
+    """The whole-build target alone: converters.build with and without --auto-fix, back to back."""
+    rows = []
+    for auto_fix in (True, False):
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        with tempfile.TemporaryDirectory() as tmp:
+            _, seconds, how, fix = build_with_converters(model, calib, select, tmp, auto_fix=auto_fix, retry=False)
+        rows.append({"auto_fix": auto_fix, "build_s": round(seconds, 1),
+                     "loadavg_before": load, "how": how} | {k: fix.get(k) for k in
+                     ("kept_in_float", "auto_fix_s", "sensitivity", "tries", "pinned_build_s")})
+        print(json.dumps(rows[-1], default=str), flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer crops and timed runs (smoke run, ~4 min)")
     ap.add_argument("--json", metavar="PATH", help="also write every figure as JSON here")
     ap.add_argument("--no-edgepack-build", action="store_true", help="skip converters.build; use the own path")
     ap.add_argument("--no-auto-fix", action="store_true", help="build without --auto-fix")
+    ap.add_argument("--build-only", action="store_true",
+                    help="only time converters.build (with and without --auto-fix, back to back) and exit")
     args = ap.parse_args(argv)
     runs = 30 if args.quick else 100
 
@@ -171,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     select = crops(load_photos(CALIBRATION_PHOTOS), per_photo=4, seed=2)
     with torch.no_grad():
         ref = model(torch.from_numpy(evals)).numpy()
+    if args.build_only:
+        return time_builds(model, calib, select, args.json)
     cpu = detect_cpu()
     report: dict[str, object] = {"cpu": cpu.to_dict(), "recommendation": recommend_ort_int8(cpu).to_dict(),
                                  "calib_crops": len(calib), "eval_crops": len(evals), "select_crops": len(select),
