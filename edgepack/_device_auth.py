@@ -140,7 +140,7 @@ def parse_headers(headers: Mapping[str, str] | Any) -> SignedHeaders:
                                                        HEADER_SIGNATURE))
     if not _DEVICE_RE.match(device):
         raise MissingAuthError("malformed device id header", where=HEADER_DEVICE)
-    if not ts.isdigit() or len(ts) > 12:
+    if not (ts.isascii() and ts.isdigit()) or len(ts) > 12:  # isdigit alone admits '²' and other scripts
         raise MissingAuthError("the timestamp must be unix seconds", where=HEADER_TIMESTAMP)
     if not _NONCE_RE.match(nonce):
         raise MissingAuthError("the nonce must be 32 lowercase hex digits", where=HEADER_NONCE)

@@ -122,3 +122,14 @@ def test_a_version_outside_the_database_integer_range_is_400_not_500(enroll, fle
     assert r.status_code == 400 and r.json["error"] == "BadRequestError", r.get_data()
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert _counts(fleet) == before
+
+
+@pytest.mark.parametrize("route", ["heartbeat", "assignment"])
+def test_a_timestamp_header_with_non_ascii_digits_is_401_not_500(enroll, route):
+    """'1\\u00b2' passes str.isdigit() (a superscript two, a latin-1 character, so it survives HTTP
+    header decoding) but int() refuses it: unauthenticated, it must be a 401, never a 500."""
+    dev = enroll()
+    method = "POST" if route == "heartbeat" else "GET"
+    r = dev.request(method, f"/api/v1/devices/{dev.id}/{route}", {} if method == "POST" else None,
+                    headers={"X-Edgepack-Timestamp": "1\u00b2"})
+    assert r.status_code == 401 and r.json["error"] == "MissingAuthError", r.get_data()

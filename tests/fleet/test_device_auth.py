@@ -64,6 +64,8 @@ def test_timestamp_outside_the_skew_window_is_refused(delta):
 
 
 @pytest.mark.parametrize("header,value", [("X-Edgepack-Nonce", "xyz"), ("X-Edgepack-Timestamp", "-5"),
+                                          ("X-Edgepack-Timestamp", "1\u00b2"),  # str.isdigit, but int() fails
+                                          ("X-Edgepack-Timestamp", "\u0661\u0660\u0660\u0660"),  # Arabic-Indic 1000
                                           ("X-Edgepack-Signature", "00"), ("X-Edgepack-Device", "../etc")])
 def test_malformed_headers_are_refused_before_any_crypto(header, value):
     k = generate_key()
