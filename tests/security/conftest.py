@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from rounds.conftest import base_bundle, champion, digits, eval_npz  # noqa: F401  (a digits model with W, b and its eval set)
 from support.fleet_app import admin_token, app, client, fleet, fleet_config, release_key, trust_file  # noqa: F401  (fixtures)
 
 from edgepack import BundleBuilder

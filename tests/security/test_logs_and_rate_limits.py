@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from support.models import onnx_linear
 
 from edgepack import generate_key
 from edgepack._device_auth import sign_request
@@ -86,11 +87,29 @@ def served(tmp_path, trust_file):
     app.extensions["edgepack_fleet"].db.dispose()
 
 
-def test_a_full_run_at_debug_level_logs_no_token_or_private_key(served, bundle, release_key, caplog):
-    app, http, held = served
+def _log_everything_at_debug(caplog) -> None:
     caplog.set_level(logging.DEBUG)  # root, so every library logger propagates at DEBUG
     for name in ("fleet_server", "werkzeug", "sqlalchemy.engine", "sqlalchemy.pool", "tuf", "urllib3"):
         caplog.set_level(logging.DEBUG, logger=name)
+
+
+def _assert_no_secret_in_the_logs(caplog, secrets_: dict[str, str], keys: dict[str, object]) -> str:
+    """Grep every captured record (message and traceback) for each secret text and for every private
+    form of each key in ``keys``; return the log text for further checks."""
+    text = "\n".join(f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    # SQL statements with their bound parameters were captured too: a token stored in clear would show here
+    assert any(r.name.startswith("sqlalchemy.engine") for r in caplog.records), "SQL log not captured"
+    wanted = dict(secrets_)
+    for what, key in keys.items():
+        wanted.update({f"{what} form {i}": f for i, f in enumerate(_private_forms(key))})
+    leaked = [what for what, s in wanted.items() if s in text]
+    assert not leaked, f"secrets in the logs: {leaked}"
+    return text
+
+
+def test_a_full_run_at_debug_level_logs_no_token_or_private_key(served, bundle, release_key, caplog):
+    app, http, held = served
+    _log_everything_at_debug(caplog)
     from fleet_server._bp_admin import create_admin_token
 
     admin = create_admin_token(app.extensions["edgepack_fleet"].db, "log-admin")
@@ -128,17 +147,73 @@ def test_a_full_run_at_debug_level_logs_no_token_or_private_key(served, bundle, 
                                          "Content-Type": "application/json"})
     assert st in (200, 204), b
 
-    text = "\n".join(f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    text = _assert_no_secret_in_the_logs(caplog, {"admin token": admin, "enrollment token": enroll_token, **held},
+                                         {"release private key": release_key, "device private key": dev_key})
     assert "/api/v1/enroll" in text and "/assignment" in text, "the access log was not captured"
-    # SQL statements with their bound parameters were captured too: a token stored in clear would show here
-    assert any(r.name.startswith("sqlalchemy.engine") for r in caplog.records), "SQL log not captured"
-    secrets_ = {"admin token": admin, "enrollment token": enroll_token, **held}
-    for i, form in enumerate(_private_forms(release_key)):
-        secrets_[f"release private key form {i}"] = form
-    for i, form in enumerate(_private_forms(dev_key)):
-        secrets_[f"device private key form {i}"] = form
-    leaked = [what for what, s in secrets_.items() if s in text]
-    assert not leaked, f"secrets in the logs: {leaked}"
+
+
+def test_a_federated_round_and_a_parameter_upload_at_debug_level_log_no_token_or_private_key(
+        served, base_bundle, champion, eval_npz, caplog):
+    """The rest of a full run: a round is created, a device downloads its global params and uploads a
+    signed device update, the close promotes the candidate and signs it with the online federated
+    key, and an admin uploads a parameter update (.epu) for the release."""
+    from edgepack import Trust, load_signing_key
+    from edgepack._params import encode_param_update, parse_param_update
+    from edgepack.federated._update import encode_plain
+    from fleet_server._bp_admin import create_admin_token
+
+    app, http, held = served
+    assert {f"{k} key form 0" for k in ("online", "federated")} <= set(held)  # the online TUF keys are searched
+    _log_everything_at_debug(caplog)
+    (W0, b0), (W1, b1) = champion
+    admin = create_admin_token(app.extensions["edgepack_fleet"].db, "fl-admin")
+    ah = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+    st, b = http.call("POST", "/api/v1/admin/releases", base_bundle.read_bytes(),
+                      {"Authorization": f"Bearer {admin}", "Content-Type": "application/octet-stream"})
+    assert st == 201, b
+    st, b = http.call("POST", "/api/v1/admin/enrollment-tokens", json.dumps({"group": "default"}).encode(), ah)
+    enroll_token = json.loads(b)["token"]
+    dev_key = generate_key()
+    st, b = http.call("POST", "/api/v1/enroll", json.dumps({"token": enroll_token, "name": "fl1",
+                      "public_key": dev_key.public.raw.hex()}).encode(), {"Content-Type": "application/json"})
+    assert st == 201, b
+    dev = json.loads(b)["device_id"]
+
+    def signed(method: str, path: str, body: bytes = b"", ctype: str = "application/json"):
+        return http.call(method, path, body or None, {**sign_request(dev_key, dev, method, path, body),
+                                                      "Content-Type": ctype})
+
+    hb = json.dumps({"active_version": 1, "state": {"charging": True, "idle": True, "wifi": True}}).encode()
+    assert signed("POST", f"/api/v1/devices/{dev}/heartbeat", hb)[0] in (200, 204)
+    st, b = http.call("POST", "/api/v1/admin/rounds", json.dumps({
+        "model": "digits", "base_version": 1, "params": ["W", "b"], "min_clients": 1,
+        "evaluation": {"path": str(eval_npz), "threshold": 0.0}}).encode(), ah)
+    assert st == 201, b
+    rnd = json.loads(b)
+    st, b = signed("GET", f"/api/v1/devices/{dev}/round")
+    assert st == 200 and json.loads(b)["round"]["round_id"] == rnd["id"], b  # the global params went out
+    assert set(json.loads(b)["round"]["params"]) == {"W", "b"}
+    blob = encode_plain(dev_key, {"W": W1 - W0, "b": b1 - b0}, round_id=rnd["id"], base_version=1,
+                        device_id=dev, num_samples=80)
+    st, b = signed("POST", f"/api/v1/devices/{dev}/rounds/{rnd['id']}/update", blob, "application/octet-stream")
+    assert st == 200, b
+    st, b = http.call("POST", f"/api/v1/admin/rounds/{rnd['id']}/close", None, ah)
+    out = json.loads(b)
+    assert st == 200 and out["result"]["promoted"] is True and out["result"]["release"]["version"] == 2, out
+    federated = load_signing_key(app.extensions["edgepack_fleet"].config.instance_dir / "tuf" / "federated.key")
+    epu = (app.extensions["edgepack_fleet"].config.instance_dir / "rounds" / rnd["id"] / "candidate.epu").read_bytes()
+    parse_param_update(epu, Trust.of([federated.public]))  # the close really signed with the federated key
+    epu3, _ = encode_param_update(model="digits", version=3, base_version=1,
+                                  base_artifacts={rnd["artifact"]: ("onnx", onnx_linear(W0, b0))},
+                                  new_weights={rnd["artifact"]: {"W": W1, "b": b1}}, keys=[federated])
+    st, b = http.call("POST", "/api/v1/admin/releases/1/params", epu3,
+                      {"Authorization": f"Bearer {admin}", "Content-Type": "application/octet-stream"})
+    assert st == 201 and json.loads(b)["kind"] == "params" and json.loads(b)["version"] == 3, b
+
+    text = _assert_no_secret_in_the_logs(caplog, {"admin token": admin, "enrollment token": enroll_token, **held},
+                                         {"device private key": dev_key})
+    for route in ("/round ", f"/rounds/{rnd['id']}/update", f"/rounds/{rnd['id']}/close", "/releases/1/params"):
+        assert route in text, f"{route} is not in the access log"
 
 
 def _login_form(http: _Http) -> tuple[str, str]:
