@@ -12,7 +12,8 @@ before any worker answers a request, and the online backup they point to.
   damage: the transaction was never acknowledged.
 * **Page check**: ``PRAGMA integrity_check`` (or ``quick_check``) on the database.
 * **Temp sweep**: uploads spooled to ``INSTANCE/tmp`` and storage temp files left
-  by a killed server are deleted (no request can be using them yet).
+  by a killed server are deleted (no request can be using them yet), and so are
+  stored bundles whose release row never committed (SQLite only).
 
 A failed check raises ``CorruptStateError`` (exit 13): restore the latest
 ``edgepack fleet backup`` (docs/fleet.md, Recovery).
@@ -25,11 +26,12 @@ import sqlite3
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgepack import ConfigError, CorruptStateError
 from edgepack._atomic import fsync_dir
 
-__all__ = ["WalScan", "backup_sqlite", "check_sqlite", "scan_wal", "sweep_temp"]
+__all__ = ["WalScan", "backup_sqlite", "check_sqlite", "scan_wal", "sweep_orphan_bundles", "sweep_temp"]
 
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
 _HEADER, _FRAME_HEADER = 32, 24
@@ -159,6 +161,30 @@ def sweep_temp(instance_dir: Path, storage_dir: Path) -> int:
     for p in victims:
         p.unlink(missing_ok=True)
     return len(victims)
+
+
+def sweep_orphan_bundles(db: Any, storage_dir: Path) -> int:
+    """Delete stored bundles that no release row names; returns how many.
+
+    A server killed after ``put_file`` and before its transaction committed leaves one
+    (``_releases.store_release``); the client never got its 201. Only safe while no
+    upload can be in flight: ``fleet serve`` calls it before gunicorn starts, and only
+    for the embedded SQLite database (one host), never for a storage directory that
+    servers on other hosts might be writing to.
+    """
+    from sqlalchemy import select
+
+    from ._models import Release
+
+    root = storage_dir / "releases"
+    if not root.is_dir():
+        return 0
+    with db.read() as s:
+        keep = set(s.scalars(select(Release.storage_key)))
+    orphans = [p for p in root.rglob("*.edgepack") if p.relative_to(storage_dir).as_posix() not in keep]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return len(orphans)
 
 
 def backup_sqlite(db_path: Path, out: Path) -> int:

@@ -148,6 +148,10 @@ def _serve(args: argparse.Namespace) -> int:
     _check_state(config, args.accept_wal_loss)  # before anything opens the database (see _recovery)
     db = Database(config.db_url, sqlite_synchronous=config.sqlite_synchronous)
     db.check_schema()  # fail here, once, not in every worker
+    if _sqlite_path(config.db_url) is not None:
+        from fleet_server._recovery import sweep_orphan_bundles
+
+        sweep_orphan_bundles(db, config.artifacts_dir)  # a killed upload's artifact without its row
     db.dispose()
 
     def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]

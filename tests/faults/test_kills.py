@@ -13,9 +13,11 @@ Covered elsewhere, not repeated here:
 from __future__ import annotations
 
 import random
+import sqlite3
 
 import pytest
 from support import faults
+from support.server import Server, http_json
 
 pytestmark = pytest.mark.slow
 
@@ -28,3 +30,34 @@ def test_sigkill_loses_nothing_accepted_and_leaves_consistent_state(scenario, kw
     assert outcome.injected == 1, "the kill did not land while the work was in progress"
     assert outcome.problems == []
     assert outcome.verified == outcome.devices
+
+
+def test_a_stored_bundle_whose_release_row_never_committed_is_swept_at_start(instance, tmp_path, release_key):
+    # The narrow window of upload_kill (after put_file, before the commit), set up directly.
+    inst, token = instance
+    server = Server(inst)
+    server.start()
+    try:
+        st, rel = http_json("POST", f"{server.url}/api/v1/admin/releases",
+                            faults.random_bundle(tmp_path, release_key, 1, 4096).read_bytes(),
+                            {"Authorization": f"Bearer {token}"})
+        assert st == 201
+        server.stop()
+        kept = inst / "artifacts" / rel_key(inst)
+        orphan = kept.with_name("digits-2-0123456789abcdef.edgepack")
+        orphan.write_bytes(faults.random_bundle(tmp_path, release_key, 2, 4096).read_bytes())
+        server.start()
+        assert not orphan.exists() and kept.is_file()
+        st, doc = http_json("GET", f"{server.url}/api/v1/admin/releases", headers={"Authorization": f"Bearer {token}"})
+        assert [(r["version"], r["sha256"]) for r in doc["releases"]] == [(1, rel["sha256"])]
+    finally:
+        server.stop()
+
+
+def rel_key(inst) -> str:
+    con = sqlite3.connect(inst / "fleet.db")
+    try:
+        (key,), = con.execute("SELECT storage_key FROM releases").fetchall()
+    finally:
+        con.close()
+    return key

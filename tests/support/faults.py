@@ -267,6 +267,7 @@ def upload_kill(work: Path, trust_file: Path, key: SigningKey, rng: random.Rando
                 acked[version] = _sha(bundle)
             fleet.server.start()
             present = _check_releases(fleet, trust, acked, out)
+            _check_orphans(fleet, out)  # swept at start-up, before the client even retries
             st, doc = fleet.admin("POST", "/releases", raw=bundle.read_bytes())  # the client retries
             if version in present:
                 if st != 409:
@@ -275,13 +276,17 @@ def upload_kill(work: Path, trust_file: Path, key: SigningKey, rng: random.Rando
                 out.problems.append(f"inconsistent: retried upload of v{version} got {st}: {doc}")
             acked[version] = _sha(bundle)
             _check_releases(fleet, trust, acked, out)
-            referenced = {k for (k,) in fleet.rows("SELECT storage_key FROM releases")}
-            stored = {str(p.relative_to(fleet.inst / "artifacts")) for p in
-                      (fleet.inst / "artifacts" / "releases").rglob("*.edgepack")}
-            if stored - referenced:
-                out.problems.append(f"inconsistent: artifacts without a release: {sorted(stored - referenced)}")
+            _check_orphans(fleet, out)
             fleet.integrity(out)
     return out
+
+
+def _check_orphans(fleet: FleetProc, out: Outcome) -> None:
+    referenced = {k for (k,) in fleet.rows("SELECT storage_key FROM releases")}
+    stored = {p.relative_to(fleet.inst / "artifacts").as_posix() for p in
+              (fleet.inst / "artifacts" / "releases").rglob("*.edgepack")}
+    if stored - referenced:
+        out.problems.append(f"inconsistent: artifacts without a release: {sorted(stored - referenced)}")
 
 
 # ---- server SIGKILL during round close -------------------------------------------------------
