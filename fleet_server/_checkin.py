@@ -139,7 +139,7 @@ def _sql(db: Database) -> dict[str, str]:
         "oldest": f"SELECT MIN(ts) FROM {non}",
         "prune": f"DELETE FROM {non} WHERE ts < ?",
     }
-    paramstyle = db.engine.dialect.dbapi.paramstyle  # sqlite3: qmark; psycopg: pyformat/format
+    paramstyle = db.engine.dialect.loaded_dbapi.paramstyle  # sqlite3: qmark; psycopg: pyformat/format
     return sql if paramstyle == "qmark" else {k: v.replace("?", "%s") for k, v in sql.items()}
 
 
@@ -164,7 +164,7 @@ class CheckinStore:
         self._open: list[Any] = []  # every thread's connection, so dispose can close them all
         self._open_lock = threading.Lock()
         self._prune_at = 0.0
-        self._error = db.engine.dialect.dbapi.Error
+        self._error = db.engine.dialect.loaded_dbapi.Error
         db_file = db.url.split("///", 1)[-1] if db.is_sqlite else ""
         self._lock_path = f"{db_file}-checkin.lock" if db_file and db_file != ":memory:" else None
         self._lock_fd: int | None = None
