@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from ._auth import hash_token, new_token, require_admin
 from ._errors import BadRequestError, ConflictError, NotFoundError
-from ._http import check_name, fleet, json_body, opt, tags_of
+from ._http import check_name, fleet, json_body, opt, small_uint, tags_of
 from ._models import AdminToken, Alert, Device, EnrollmentToken, Group, Release
 
 __all__ = ["bp", "create_admin_token", "create_enrollment_token", "device_dict", "ensure_group"]
@@ -121,7 +121,8 @@ def devices():  # type: ignore[no-untyped-def]
     if request.args.get("group"):
         q = q.join(Group, Group.id == Device.group_id).where(Group.name == request.args["group"])
     tag = request.args.get("tag")
-    limit = min(int(request.args.get("limit", "1000")) if request.args.get("limit", "").isdigit() else 1000, 10000)
+    asked = small_uint(request.args.get("limit"))
+    limit = min(1000 if asked is None else asked, 10000)
     with f.db.read() as s:
         rows = list(s.scalars(q.limit(limit if not tag else 100000)))
         if tag:  # tags are JSON: filter here so SQLite and PostgreSQL behave the same
@@ -194,8 +195,8 @@ def audit():  # type: ignore[no-untyped-def]
     from ._audit import entry_dict, page
 
     a = request.args
-    page_no = int(a["page"]) if a.get("page", "").isdigit() else 1
-    per_page = min(int(a["per_page"]), 500) if a.get("per_page", "").isdigit() else 100
+    page_no = small_uint(a.get("page")) or 1
+    per_page = min(small_uint(a.get("per_page")) or 100, 500)
     with fleet().db.read() as s:
         rows, total = page(s, actor=a.get("actor") or None, action=a.get("action") or None,
                            page_no=max(1, min(page_no, 1_000_000)), per_page=max(1, per_page))

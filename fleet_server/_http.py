@@ -11,7 +11,7 @@ from edgepack import EdgepackError, loads_strict
 
 from ._errors import BadRequestError
 
-__all__ = ["NAME_RE", "check_name", "fleet", "json_body", "opt", "tags_of"]
+__all__ = ["NAME_RE", "check_name", "fleet", "json_body", "opt", "small_uint", "tags_of"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: an int-only field lands in an INTEGER column: PostgreSQL's is 32-bit (out of range is a driver
@@ -39,6 +39,16 @@ def json_body() -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise BadRequestError("the body must be a JSON object", where="body")
     return doc
+
+
+def small_uint(value: str | None) -> int | None:
+    """``value`` as an int if it is 1-9 ASCII digits (so it fits every INTEGER column), else None.
+
+    ``str.isdigit`` alone admits '\u00b2' and other scripts' digits, which ``int()`` refuses or reads.
+    """
+    if value and len(value) <= 9 and value.isascii() and value.isdigit():
+        return int(value)
+    return None
 
 
 def opt(doc: dict[str, Any], key: str, typ: type | tuple[type, ...], default: Any = None, *,

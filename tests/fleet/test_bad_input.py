@@ -133,3 +133,12 @@ def test_a_timestamp_header_with_non_ascii_digits_is_401_not_500(enroll, route):
     r = dev.request(method, f"/api/v1/devices/{dev.id}/{route}", {} if method == "POST" else None,
                     headers={"X-Edgepack-Timestamp": "1\u00b2"})
     assert r.status_code == 401 and r.json["error"] == "MissingAuthError", r.get_data()
+
+
+@pytest.mark.parametrize("query", ["/devices?limit=\u00b2", "/audit?page=\u00b2", "/audit?per_page=\u00b2",
+                                   "/audit?page=" + "9" * 5000])
+def test_numeric_query_parameters_that_int_refuses_are_ignored_not_500(admin, query):
+    """'\u00b2' passes str.isdigit() but not int(); so does a number past int()'s 4300-digit limit."""
+    r = admin.get(query)
+    assert r.status_code == 200, r.get_data()
+
