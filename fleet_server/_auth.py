@@ -81,10 +81,47 @@ def require_admin(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def start_dashboard_session(row: AdminToken, token: str, now: float) -> None:
+    """Put a fresh login into the (signed) session: the token's row id and hash, and the times that
+    ``dashboard_session_expiry`` checks."""
+    session.clear()
+    session["admin_id"], session["admin_hash"] = row.id, hash_token(token)
+    session["issued_at"] = session["seen_at"] = round(now, 3)
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def dashboard_session_expiry(now: float) -> str | None:
+    """Why the logged-in dashboard session has expired, or None while it is live (or not logged in).
+
+    The signed cookie carries its login time and last-seen time; the server, not the cookie's own
+    expiry, decides: idle longer than ``dashboard_session_idle_s`` or older than
+    ``dashboard_session_max_s`` ends it. A session without the times predates them and ends too.
+    """
+    if session.get("admin_id") is None:
+        return None
+    cfg = fleet().config
+    issued, seen = session.get("issued_at"), session.get("seen_at")
+    if not isinstance(issued, (int, float)) or not isinstance(seen, (int, float)):
+        return "Your dashboard session has expired. Log in again."
+    if now - issued > cfg.dashboard_session_max_s:
+        return (f"Your dashboard session has expired: it reached its limit of "
+                f"{_span(cfg.dashboard_session_max_s)} after login. Log in again.")
+    if now - seen > cfg.dashboard_session_idle_s:
+        return (f"Your dashboard session has expired after {_span(cfg.dashboard_session_idle_s)} "
+                f"without activity. Log in again.")
+    return None
+
+
 def dashboard_admin() -> str | None:
-    """The admin name of a logged-in dashboard session, re-checked against the database."""
+    """The admin name of a logged-in, unexpired dashboard session, re-checked against the database."""
     token_id = session.get("admin_id")
-    if token_id is None:
+    if token_id is None or dashboard_session_expiry(time.time()) is not None:
         return None
     with fleet().db.read() as s:
         row = s.get(AdminToken, token_id)

@@ -32,6 +32,8 @@ _ENV = {
     "enroll_failure_limit": "EDGEPACK_ENROLL_FAILURE_LIMIT",
     "login_failure_limit": "EDGEPACK_LOGIN_FAILURE_LIMIT",
     "admin_auth_failure_limit": "EDGEPACK_ADMIN_AUTH_FAILURE_LIMIT",
+    "dashboard_session_idle_s": "EDGEPACK_DASHBOARD_SESSION_IDLE_S",
+    "dashboard_session_max_s": "EDGEPACK_DASHBOARD_SESSION_MAX_S",
 }
 
 
@@ -63,6 +65,10 @@ class FleetConfig:
     #: what ``fleet serve`` checks before serving: "integrity" (PRAGMA integrity_check), "quick" or "off"
     sqlite_startup_check: str = "integrity"
     session_cookie_secure: bool = False
+    #: a dashboard session ends after this long without a dashboard request, and this long after its
+    #: login whatever its activity (checked server-side on every dashboard request; docs/fleet.md)
+    dashboard_session_idle_s: float = 8 * 3600.0
+    dashboard_session_max_s: float = 24 * 3600.0
     #: failed enrollments / dashboard logins / admin-token checks one client IP may make per window
     #: before it is refused with 429 until the window ends (0 turns a limit off); see docs/fleet.md
     rate_limit_window_s: float = 60.0
@@ -80,8 +86,9 @@ class FleetConfig:
         for name in ("max_json_bytes", "max_upload_bytes", "max_skew_s", "poll_after_s", "online_after_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive", where=name)
-        if self.rate_limit_window_s <= 0:
-            raise ConfigError("rate_limit_window_s must be positive", where="rate_limit_window_s")
+        for name in ("rate_limit_window_s", "dashboard_session_idle_s", "dashboard_session_max_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive", where=name)
         for name in ("enroll_failure_limit", "login_failure_limit", "admin_auth_failure_limit"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (off) or positive", where=name)

@@ -19,7 +19,12 @@ from sqlalchemy import func, select
 
 from . import _ratelimit as ratelimit
 from ._audit import entry_dict, page, record
-from ._auth import admin_for_token, dashboard_admin, hash_token
+from ._auth import (
+    admin_for_token,
+    dashboard_admin,
+    dashboard_session_expiry,
+    start_dashboard_session,
+)
 from ._bp_admin import device_dict
 from ._errors import ApiError
 from ._http import fleet
@@ -59,9 +64,16 @@ def _check_csrf() -> None:
 def login_required(fn):  # type: ignore[no-untyped-def]
     @functools.wraps(fn)
     def wrapper(*a: Any, **kw: Any) -> Any:
+        now = time.time()
+        expired = dashboard_session_expiry(now)
+        if expired:  # enforced here, on every dashboard request, not by the cookie's own lifetime
+            session.clear()
+            flash(expired)
+            return redirect(url_for("dashboard.login", next=request.path))
         if dashboard_admin() is None:
             session.pop("admin_id", None)
             return redirect(url_for("dashboard.login", next=request.path))
+        session["seen_at"] = round(now, 3)
         if request.method == "POST":
             _check_csrf()
             # the audit hook (_audit.register) records every POST that got this far, with this actor
@@ -86,8 +98,7 @@ def login():  # type: ignore[no-untyped-def]
             ratelimit.record_failure(f, "login")
             error = "That admin token is not valid."
         else:
-            session.clear()
-            session["admin_id"], session["admin_hash"] = row.id, hash_token(request.form["token"].strip())
+            start_dashboard_session(row, request.form["token"].strip(), time.time())
             csrf_token()
             with f.db.write() as s:
                 record(s, f"dashboard:{row.name}#{row.id}", "dashboard.login", f"admin-token:{row.id}",
