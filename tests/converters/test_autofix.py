@@ -84,8 +84,6 @@ def test_localization_blames_the_stem_conv_by_measured_output_gain(failed):
     assert all(w["gain_db"] < worst[0]["gain_db"] / 4 for w in worst[1:])
     sens = loc["sensitivity"]
     assert sens["measured"] == sens["candidates"] >= 3
-    # per-tensor SQNR alone ranks a later node first: the damage sits on the graph input
-    assert loc["worst_tensors"][0]["node"] != worst[0]["node"] or loc["worst_tensors"][0]["sqnr_drop_db"] > 100
 
 
 def test_auto_fix_keeps_exactly_the_stem_in_float_and_passes(hostile, tmp_path):
