@@ -52,10 +52,10 @@ HEADER_NONCE = "X-Edgepack-Nonce"
 HEADER_SIGNATURE = "X-Edgepack-Signature"
 MAX_SKEW_S = 300
 _DOMAIN = b"edgepack-request-v1\n"
-_NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
-_SIG_RE = re.compile(r"^[0-9a-f]{128}$")
-_DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_METHOD_RE = re.compile(r"^[A-Z]{1,16}$")
+_NONCE_RE = re.compile(r"^[0-9a-f]{32}\Z")
+_SIG_RE = re.compile(r"^[0-9a-f]{128}\Z")
+_DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_METHOD_RE = re.compile(r"^[A-Z]{1,16}\Z")
 
 
 class RequestAuthError(VerificationError):

@@ -17,8 +17,8 @@ __all__ = ["SCHEMA", "ArtifactEntry", "Manifest", "format_time", "parse_time"]
 
 SCHEMA = "edgepack.manifest/v1"
 ARTIFACT_FORMATS = ("onnx", "tflite")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def format_time(t: dt.datetime) -> str:

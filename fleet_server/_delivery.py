@@ -26,8 +26,8 @@ from ._models import Group
 __all__ = ["bp"]
 
 bp = Blueprint("delivery", __name__, url_prefix="/tuf")
-_GROUP_META = re.compile(r"^(?:\d{1,10}\.)?group-([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json$")
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_GROUP_META = re.compile(r"^(?:\d{1,10}\.)?group-([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json\Z")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 class RangeNotSatisfiableError(ApiError):

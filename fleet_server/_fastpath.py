@@ -50,7 +50,7 @@ API_HEADERS = (
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
 )
-_PATH = re.compile(r"^/api/v1/devices/([A-Za-z0-9][A-Za-z0-9._-]{0,127})/heartbeat$")
+_PATH = re.compile(r"^/api/v1/devices/([A-Za-z0-9][A-Za-z0-9._-]{0,127})/heartbeat\Z")
 _ENVIRON = {n: "HTTP_" + n.upper().replace("-", "_")
             for n in (HEADER_DEVICE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)}
 _ENDPOINT = "device.heartbeat"

@@ -13,7 +13,7 @@ from ._errors import BadRequestError
 
 __all__ = ["NAME_RE", "check_name", "fleet", "json_body", "opt", "small_uint", "tags_of"]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 #: an int-only field lands in an INTEGER column: PostgreSQL's is 32-bit (out of range is a driver
 #: error, a 500), SQLite's 64-bit (beyond it sqlite3 raises OverflowError)
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1

@@ -26,7 +26,7 @@ __all__ = ["ParamsDeliveryUnavailableError", "Publisher", "StoragePublisher", "T
            "open_publisher", "publish_release", "release_target", "target_path"]
 
 TUF_DIR = "tuf"
-_HASHED = re.compile(r"^[0-9a-f]{64}\.(.+)$")
+_HASHED = re.compile(r"^[0-9a-f]{64}\.(.+)\Z")
 
 
 def target_path(group: str, name: str, version: int) -> str:

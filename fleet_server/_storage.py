@@ -22,7 +22,7 @@ from edgepack import PathTraversalError
 
 __all__ = ["LocalStorage", "Storage", "check_key"]
 
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}\Z")
 
 
 def check_key(key: str) -> str:

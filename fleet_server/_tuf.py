@@ -51,7 +51,7 @@ __all__ = ["FEDERATED_ROLE", "ParamsPublication", "TufConfig", "TufRepository", 
 
 FEDERATED_ROLE = "federated"
 _TOP = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
-_META_FILE = re.compile(r"^(?:(\d{1,10})\.)?([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\.json$")
+_META_FILE = re.compile(r"^(?:(\d{1,10})\.)?([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\.json\Z")
 
 
 def group_role(group: str) -> str:

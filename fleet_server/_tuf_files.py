@@ -18,7 +18,7 @@ from edgepack._atomic import atomic_write
 
 __all__ = ["TufRepositoryError", "atomic_write", "check_name", "locked"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 class TufRepositoryError(FleetError):

@@ -26,7 +26,7 @@ from ._tuf import TufRepository
 
 __all__ = ["TufHTTPServer", "TufRequestHandler", "parse_range", "serve_tuf"]
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

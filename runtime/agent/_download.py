@@ -26,7 +26,7 @@ from ._http import Auth, auth_headers, open_url
 
 __all__ = ["DownloadResult", "download_resumable"]
 
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)\Z")
 
 
 @dataclass(frozen=True)
