@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,20 @@ def test_agent_does_not_start_training_too_close_to_the_deadline(make_agent, adm
         a.step()
         assert a.participant.last == {"status": "skipped", "round_id": rid, "reason": "too close to the deadline"}
     assert admin.get(f"/rounds/{rid}").json["accepted"] == []
+
+
+def test_the_deadline_is_judged_on_the_servers_clock_once_the_agent_has_corrected_its_own(make_agent, admin):
+    agents = [make_agent(i, fl_min_time_s=5.0) for i in range(2)]
+    _install_v1(admin, agents)
+    for a in agents:  # the device clock runs 10 minutes fast, and the agent has learned the offset
+        a.api.clock = lambda: time.time() + 600
+        a.api.clock_offset_s = -600.0
+    rid = admin.post("/rounds", {"model": "digits", "base_version": 1, "params": ["W", "b"], "min_clients": 2,
+                                 "deadline_s": 120}).json["id"]
+    for a in agents:  # by the raw device clock the deadline passed 8 minutes ago; by the server's, 2 minutes remain
+        a.step()
+        assert a.participant.last["status"] == "uploaded", a.participant.last
+    assert len(admin.get(f"/rounds/{rid}").json["accepted"]) == 2
 
 
 def test_a_rejected_update_is_not_retrained_and_the_memory_survives_a_restart(make_agent, admin):
