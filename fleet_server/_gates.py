@@ -6,6 +6,11 @@ Gates are data (``GateConfig``), metrics are pure functions of the reports
 ``min_reports`` samples, capped at the number of devices the rollout has
 assigned so far (a 1-device canary cannot wait for 5 reports). A count gate
 (load failures, crashes) trips as soon as its count passes its maximum.
+
+Every count is of devices, not of reports: a device that sends the same
+failure, crash, success or telemetry report a thousand times counts once (its
+own samples are averaged into one), so one lying device moves only its own
+share of a gate (docs/threat-model.md, R5).
 """
 
 from __future__ import annotations
@@ -80,44 +85,51 @@ def evaluate(gates: GateConfig, reports: Iterable[Any], baseline_latency: list[f
     current wave's devices (capped at its size) reported a healthy install.
     """
     need = max(1, min(gates.min_reports, assigned))
-    outcomes = crashes = load_failures = failures = 0
+    outcome_devices: set[Any] = set()
+    failed: set[Any] = set()
+    load_failed: set[Any] = set()
+    crashed: set[Any] = set()
     ok_devices: set[str] = set()
-    latency: list[float] = []
-    drift: list[float] = []
+    latency_by: dict[Any, list[float]] = {}
+    drift_by: dict[Any, list[float]] = {}
     for r in reports:
+        who = r.device_id
         if r.kind in ("install", "health"):
-            outcomes += 1
+            outcome_devices.add(who)
             if r.ok:
                 ok_devices.add(r.device_id)
-            else:
-                failures += 1
+            else:  # a failure is not undone by the same device's later success reports
+                failed.add(who)
                 if (r.data or {}).get("stage") == "load":
-                    load_failures += 1
+                    load_failed.add(who)
         elif r.kind == "crash":
-            crashes += 1
+            crashed.add(who)
         elif r.kind == "telemetry":
             if (v := _num(r.data, "latency_ms")) is not None:
-                latency.append(v)
+                latency_by.setdefault(who, []).append(v)
             if (v := _num(r.data, "drift")) is not None:
-                drift.append(v)
+                drift_by.setdefault(who, []).append(v)
+    outcomes, failures, load_failures, crashes = len(outcome_devices), len(failed), len(load_failed), len(crashed)
+    latency = [statistics.fmean(v) for v in latency_by.values()]  # one sample per device
+    drift = [statistics.fmean(v) for v in drift_by.values()]
     tripped: list[str] = []
     rate = failures / outcomes if outcomes else 0.0
     if outcomes >= need and rate > gates.max_failure_rate:
-        tripped.append(f"failure rate {rate:.0%} > {gates.max_failure_rate:.0%} ({failures}/{outcomes} reports)")
+        tripped.append(f"failure rate {rate:.0%} > {gates.max_failure_rate:.0%} ({failures}/{outcomes} devices)")
     if load_failures > gates.max_load_failures:
-        tripped.append(f"{load_failures} load failure(s) > {gates.max_load_failures}")
+        tripped.append(f"{load_failures} device(s) with a load failure > {gates.max_load_failures}")
     if crashes > gates.max_crashes:
-        tripped.append(f"{crashes} crash report(s) > {gates.max_crashes}")
+        tripped.append(f"{crashes} device(s) reporting a crash > {gates.max_crashes}")
     regression = None
     if len(latency) >= need and baseline_latency:
         base = statistics.fmean(baseline_latency)
         regression = statistics.fmean(latency) / base - 1 if base > 0 else None
         if regression is not None and regression > gates.max_latency_regression:
             tripped.append(f"latency regression {regression:+.0%} > {gates.max_latency_regression:+.0%} "
-                           f"({len(latency)} samples vs {len(baseline_latency)} on the previous release)")
+                           f"({len(latency)} devices vs {len(baseline_latency)} samples on the previous release)")
     mean_drift = statistics.fmean(drift) if drift else None
     if mean_drift is not None and len(drift) >= need and mean_drift > gates.max_drift:
-        tripped.append(f"prediction drift {mean_drift:.3f} > {gates.max_drift} ({len(drift)} samples)")
+        tripped.append(f"prediction drift {mean_drift:.3f} > {gates.max_drift} ({len(drift)} devices)")
     metrics = {"needed": need, "assigned": assigned, "outcomes": outcomes, "failures": failures,
                "failure_rate": rate, "ok_devices": len(ok_devices), "load_failures": load_failures,
                "crashes": crashes, "latency_samples": len(latency),

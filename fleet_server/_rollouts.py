@@ -39,6 +39,7 @@ ACTIVE = ("running", "paused")
 DEFAULT_WAVES = [1, 10, 50, 100]
 DEFAULT_TIMING = {"wave_deadline_s": 6 * 3600, "pause_deadline_s": 24 * 3600, "min_wave_s": 0}
 _REPORT_WINDOW = 20000  # newest reports a gate looks at; bounds the cost of one evaluation
+_REPORTS_PER_DEVICE = 5  # per device and (kind, ok): a gate counts each device once anyway (_gates)
 
 
 def _check_waves(waves: Any) -> list[float]:
@@ -152,8 +153,14 @@ def _complete(s: Session, r: Rollout) -> None:
 
 def _measure(s: Session, r: Rollout) -> Any:
     release = s.get(Release, r.release_id)
-    reports = list(s.scalars(select(Report).where(Report.rollout_id == r.id,
-                                                  Report.release_version == release.version)
+    # The newest few reports of each device per (kind, ok), then the newest of those: a device that
+    # floods reports cannot push other devices' reports out of the window (docs/threat-model.md, R5).
+    rank = func.row_number().over(partition_by=(Report.device_id, Report.kind, Report.ok),
+                                  order_by=Report.id.desc()).label("rank")
+    newest = (select(Report.id, rank).where(Report.rollout_id == r.id, Report.release_version == release.version)
+              .subquery())
+    reports = list(s.scalars(select(Report).join(newest, newest.c.id == Report.id)
+                             .where(newest.c.rank <= _REPORTS_PER_DEVICE)
                              .order_by(Report.id.desc()).limit(_REPORT_WINDOW)))
     assigned = s.scalar(select(func.count()).select_from(Device).where(Device.rollout_id == r.id)) or 0
     wave_devices = set(s.scalars(select(Device.id).where(Device.rollout_id == r.id, Device.wave == r.wave_index)))
