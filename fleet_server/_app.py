@@ -71,7 +71,10 @@ class Fleet:
 
         name, _, rest = filename.rpartition("-")
         version = rest.removesuffix(".edgepack")
-        if not name or not version.isdigit() or not rest.endswith(".edgepack"):
+        # ASCII digits that fit the INTEGER column: isdigit() alone admits '²' (int() refuses it), and a
+        # longer number overflows PostgreSQL's 32-bit column; either was a 500 on a device's target request
+        if not name or not (version.isascii() and version.isdigit() and len(version) <= 9) \
+                or not rest.endswith(".edgepack"):
             return None
         with self.db.read() as s:
             rel = s.scalar(select(Release).where(Release.name == name, Release.version == int(version)))

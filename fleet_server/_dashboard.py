@@ -27,7 +27,7 @@ from ._auth import (
 )
 from ._bp_admin import device_dict
 from ._errors import ApiError
-from ._http import fleet
+from ._http import fleet, small_uint
 from ._models import Alert, Device, Group, Release, Report, Rollout
 from ._rollouts import ACTIONS, act, rollout_dict
 from ._svg import bar_chart, line_chart
@@ -227,8 +227,7 @@ AUDIT_PER_PAGE = 50
 def audit():  # type: ignore[no-untyped-def]
     actor = request.args.get("actor", "").strip()[:200] or None
     action = request.args.get("action", "").strip()[:64] or None
-    page_no = int(request.args["page"]) if request.args.get("page", "").isdigit() else 1
-    page_no = max(1, min(page_no, 1_000_000))
+    page_no = max(1, min(small_uint(request.args.get("page")) or 1, 1_000_000))
     with fleet().db.read() as s:
         rows, total = page(s, actor=actor, action=action, page_no=page_no, per_page=AUDIT_PER_PAGE)
         entries = [entry_dict(e) for e in rows]

@@ -142,3 +142,15 @@ def test_numeric_query_parameters_that_int_refuses_are_ignored_not_500(admin, qu
     r = admin.get(query)
     assert r.status_code == 200, r.get_data()
 
+
+
+def test_a_target_name_whose_version_overflows_the_integer_column_is_not_found_not_500(admin, make_bundle, enroll):
+    """PostgreSQL's INTEGER is 32-bit: looking up version 999999999999 was a driver error, a 500."""
+    lab = enroll("lab")
+    assert admin.upload(make_bundle(1)).status_code == 201
+    r = admin.post("/rollouts", {"release": {"name": "digits", "version": 1}, "group": "lab", "waves": [100]})
+    assert r.status_code == 201, r.json
+    target = lab.assignment().json["release"]["target"]
+    assert target.endswith("-1.edgepack"), target
+    r = lab.request("GET", f"/tuf/targets/{target.removesuffix('-1.edgepack')}-{'9' * 12}.edgepack")
+    assert r.status_code in (403, 404), (r.status_code, r.get_data())
