@@ -9,11 +9,15 @@ student >= 10x smaller than the fp32 teacher, accuracy drop <= 1.0 point.
 effnet: EfficientNet-Lite0 (real ImageNet weights) with 30% and 50% of its
 channels removed by torch-pruning (``converters._prune_structured``), side by
 side with plain ``torch.nn.utils.prune`` magnitude pruning + the same export.
-No ImageNet here, so: size, ONNX Runtime latency at batch 1 (1 and 2 threads,
-p50, interleaved) and parity against the unpruned model on photo crops.
-Target: >= 1.4x lower latency.
+No ImageNet here, so: size, latency at batch 1 (1 and 2 threads, p50,
+interleaved) and parity against the unpruned model on photo crops, for both
+artifacts a device runs: ONNX (TorchScript export, onnxruntime) and TFLite
+(litert-torch, ``converters._tflite_eval``, ai-edge-litert's Interpreter).
+Each TFLite file is also checked against its own torch model (conversion
+parity), and its stored weights are counted. Target: >= 1.4x lower ONNX
+latency; TFLite figures are reported next to it.
 
-    .venv/bin/python benchmarks/bench_compress.py [--part digits|effnet|all] [--json OUT]
+    .venv/bin/python benchmarks/bench_compress.py [--part digits|effnet|all] [--json OUT] [--artifacts DIR] [--runs N]
 """
 
 from __future__ import annotations
@@ -71,11 +75,27 @@ def _magnitude(model, amount: float):
     return m
 
 
-def effnet(ratios: tuple[float, ...] = (0.3, 0.5), runs: int = 60) -> dict:
-    from _effnet_data import EVAL_PHOTOS, crops, load_efficientnet_lite0, load_photos
-    from _measure import measure_interleaved, ort_runner, parity
+def _cached(folder: Path | None, name: str, make) -> bytes:
+    """``make()``, or the bytes saved under ``folder`` by an earlier run (litert-torch takes minutes on this
+    model; pruning is deterministic, seed 0, so a saved file is the same model)."""
+    path = folder / name.replace(" ", "_").replace("%", "pct") if folder else None
+    if path is not None and path.exists():
+        return path.read_bytes()
+    data = make()
+    if path is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return data
 
-    from converters import _onnx_eval, _prune_structured, _transport
+
+def effnet(ratios: tuple[float, ...] = (0.3, 0.5), runs: int = 60, artifacts: Path | None = None) -> dict:
+    import torch
+    from _effnet_data import EVAL_PHOTOS, crops, load_efficientnet_lite0, load_photos
+    from _measure import litert_runner, measure_interleaved, ort_runner, parity
+
+    from converters import _onnx_eval, _prune_structured, _tflite_eval, _transport
 
     x = crops(load_photos(EVAL_PHOTOS), 2, seed=1)
     base = load_efficientnet_lite0()
@@ -88,7 +108,7 @@ def effnet(ratios: tuple[float, ...] = (0.3, 0.5), runs: int = 60) -> dict:
                                                      ("macs_before", "macs_after", "params_before", "params_after")}
         prune_info[f"structured {int(r * 100)}%"]["prune_seconds"] = time.monotonic() - t0
     models["torch.nn.utils.prune 50%"] = _magnitude(base, 0.5)
-    arts = {k: _onnx_eval.export(m, x) for k, m in models.items()}
+    arts = {k: _cached(artifacts, f"{k}.onnx", lambda m=m: _onnx_eval.export(m, x)) for k, m in models.items()}
     ref = None
     out: dict = {"photos_crops": len(x), "models": {}}
     for k, a in arts.items():
@@ -102,6 +122,22 @@ def effnet(ratios: tuple[float, ...] = (0.3, 0.5), runs: int = 60) -> dict:
         for k, v in lat.items():
             out["models"][k][f"ort_{threads}t"] = v.to_dict()
             out["models"][k][f"speedup_{threads}t"] = lat["unpruned"].p50_ms / v.p50_ms
+    tfl = {}
+    for k, m in models.items():
+        t0 = time.monotonic()
+        tfl[k] = _cached(artifacts, f"{k}.tflite", lambda m=m: _tflite_eval.export(m, x))
+        with torch.no_grad():
+            own = m.eval()(torch.as_tensor(x)).numpy()
+        y = litert_runner(tfl[k], 2)(x)
+        out["models"][k]["tflite"] = {
+            "bytes": len(tfl[k]), "xz_bytes": _transport.measure(tfl[k])["xz"],
+            "stored_weights": _tflite_eval.param_count(tfl[k]), "convert_seconds": time.monotonic() - t0,
+            "parity_vs_unpruned": parity(ref, y), "parity_vs_own_torch": parity(own, y)}
+    for threads in (1, 2):
+        lat = measure_interleaved({k: litert_runner(a, threads) for k, a in tfl.items()}, x, runs=runs, rounds=6)
+        for k, v in lat.items():
+            out["models"][k]["tflite"][f"litert_{threads}t"] = v.to_dict()
+            out["models"][k]["tflite"][f"speedup_{threads}t"] = lat["unpruned"].p50_ms / v.p50_ms
     return out
 
 
@@ -111,14 +147,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", choices=("digits", "effnet", "all"), default="all")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--artifacts", type=Path, help="effnet: keep/reuse the exported ONNX and TFLite files here")
+    ap.add_argument("--runs", type=int, default=60, help="effnet: timed calls per model and thread count")
     args = ap.parse_args()
     torch.set_num_threads(2)
     res = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                       "torch": torch.__version__}}
+                       "torch": torch.__version__}, "loadavg_before": Path("/proc/loadavg").read_text().split()[:3]}
     if args.part in ("digits", "all"):
         res["digits"] = digits()
     if args.part in ("effnet", "all"):
-        res["effnet"] = effnet()
+        res["effnet"] = effnet(runs=args.runs, artifacts=args.artifacts)
+    res["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     text = json.dumps(res, indent=1, default=float)
     print(text)
     if args.json:
