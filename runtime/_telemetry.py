@@ -5,6 +5,12 @@ log-spaced buckets, the prediction distribution has one counter per label, and
 drift uses the training reference's own bins. Drift is sampled (every Nth call,
 at most ``max_drift_values`` values) because a full ``np.histogram`` per call
 would cost more than a tiny model's inference (measured in bench_runtime.py).
+
+Nothing in a snapshot is an input or an output either: no value seen (not even
+the smallest or largest), only counts, histograms over the training reference's
+bins, latency, and for non-classifiers the mean and std of at least
+``min_values_for_moments`` output values (fewer could be solved back to the
+values themselves: one value is its own mean, two are mean +- std).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ class TelemetryConfig:
     enabled: bool = True
     drift_sample_every: int = 64
     max_drift_values: int = 4096
+    #: output mean/std are reported only over at least this many values (privacy: see the module doc)
+    min_values_for_moments: int = 16
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -45,7 +53,7 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 class _InputStats:
-    __slots__ = ("name", "edges", "ref", "counts", "sampled", "out_of_range", "min", "max", "rmin", "rmax")
+    __slots__ = ("name", "edges", "ref", "counts", "sampled", "out_of_range", "rmin", "rmax")
 
     def __init__(self, spec: Any) -> None:
         self.name = spec.name
@@ -53,7 +61,6 @@ class _InputStats:
         self.counts = np.zeros(len(self.ref), dtype=np.int64) if self.ref is not None else None
         self.sampled = 0
         self.out_of_range = 0
-        self.min, self.max = math.inf, -math.inf
         self.rmin = -math.inf if spec.range_min is None else float(spec.range_min)
         self.rmax = math.inf if spec.range_max is None else float(spec.range_max)
 
@@ -104,10 +111,6 @@ class Telemetry:
         """Update range counters for input ``k``; return how many values were out of range."""
         st = self.inputs[k]
         lo, hi = _min(x, None), _max(x, None)
-        if lo < st.min:
-            st.min = lo
-        if hi > st.max:
-            st.max = hi
         bad = 0
         if lo < st.rmin or hi > st.rmax:
             bad = int(np.count_nonzero((x < st.rmin) | (x > st.rmax)))
@@ -162,8 +165,6 @@ class Telemetry:
         inputs = []
         for st in self.inputs:
             d: dict[str, Any] = {"name": st.name, "out_of_range_values": st.out_of_range,
-                                 "min": None if st.min == math.inf else float(st.min),
-                                 "max": None if st.max == -math.inf else float(st.max),
                                  "drift_values_sampled": st.sampled, "psi": None, "histogram": None}
             if st.counts is not None and st.sampled:
                 d["psi"] = round(psi(st.ref, st.counts / st.sampled), 6)
@@ -174,7 +175,7 @@ class Telemetry:
             preds = {"kind": "argmax_counts", "counts": [int(c) for c in self.pred_counts]}
         else:
             n = self._out_n
-            mean = self._out_sum / n if n else None
+            mean = self._out_sum / n if n >= max(1, self.config.min_values_for_moments) else None
             var = self._out_sq / n - mean * mean if n and mean is not None else None
             preds = {"kind": "moments", "count": n, "mean": mean,
                      "std": math.sqrt(max(var, 0.0)) if var is not None else None}
