@@ -44,14 +44,19 @@ class AgentConfig:
     conditions_file: str | None = None
     fl_min_time_s: float = 5.0
     fl_epochs: int = 30
-    #: the largest device-clock error corrected from the server's Date header (0: never correct)
-    max_clock_correction_s: float = 86400.0
+    #: the largest device-clock error corrected from the server's Date header (0: never correct). The
+    #: header is not signed, so this also bounds how far ahead a forger can make the device date its
+    #: signed requests (a man in the middle could hold them back and deliver them that much later).
+    max_clock_correction_s: float = 3600.0
+    #: the longest wait the server's (unsigned) ``poll_after_s`` can ask for: a forged answer can delay
+    #: the next check-in, and with it security updates, by at most this much
+    max_poll_after_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter < 1:
             raise ConfigError("jitter must be in [0, 1)", where="AgentConfig.jitter")
         for f in ("poll_interval_s", "backoff_base_s", "backoff_max_s", "timeout_s", "telemetry_interval_s",
-                  "fl_min_time_s", "fl_epochs"):
+                  "fl_min_time_s", "fl_epochs", "max_poll_after_s"):
             if getattr(self, f) <= 0:
                 raise ConfigError(f"{f} must be > 0", where=f"AgentConfig.{f}")
         if self.max_clock_correction_s < 0:
@@ -86,7 +91,7 @@ def next_delay(config: AgentConfig, failures: int, poll_after_s: float | None,
     """Seconds until the next check-in.
 
     After a success: the server's ``poll_after_s`` (or the configured interval)
-    ± ``jitter``, never longer than the longest backoff (the answer carrying it is not
+    ± ``jitter``, never longer than ``max_poll_after_s`` (the answer carrying it is not
     signed, so a forged one must not silence the device). After ``failures`` consecutive failures: "equal jitter"
     exponential backoff, uniform in [cap/2, cap] with cap = base * 2^(failures-1),
     bounded by ``backoff_max_s``.
@@ -94,7 +99,7 @@ def next_delay(config: AgentConfig, failures: int, poll_after_s: float | None,
     rng = rng or random.Random()
     if failures <= 0:
         base = poll_after_s if poll_after_s and poll_after_s > 0 else config.poll_interval_s
-        base = min(base, max(config.poll_interval_s, config.backoff_max_s))
+        base = min(base, max(config.poll_interval_s, config.max_poll_after_s))
         return base * rng.uniform(1 - config.jitter, 1 + config.jitter)
     cap = min(config.backoff_max_s, config.backoff_base_s * 2 ** min(failures - 1, 30))
     return rng.uniform(cap / 2, cap)

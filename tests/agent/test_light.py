@@ -43,9 +43,15 @@ def test_bad_agent_config_is_a_config_error(bad: dict) -> None:
 
 
 @pytest.mark.parametrize("poll_after", [10**9, float("inf"), 1e300])
-def test_a_forged_poll_after_cannot_put_the_agent_to_sleep_past_its_backoff_cap(poll_after: float) -> None:
+def test_a_forged_poll_after_cannot_put_the_agent_to_sleep_past_its_cap(poll_after: float) -> None:
     """``poll_after_s`` comes in the heartbeat answer, which is not signed (no TLS by default): one
     forged answer must not stop a device from checking in (and getting security updates) for years."""
-    cfg = AgentConfig(jitter=0.2, poll_interval_s=60, backoff_max_s=900)
+    cfg = AgentConfig(jitter=0.2, poll_interval_s=60, max_poll_after_s=1800)
     delays = [next_delay(cfg, 0, poll_after, random.Random(s)) for s in range(50)]
-    assert max(delays) <= 900 * 1.2
+    assert max(delays) <= 1800 * 1.2
+
+
+def test_a_server_may_ask_for_a_poll_longer_than_the_backoff_cap_up_to_max_poll_after() -> None:
+    cfg = AgentConfig(jitter=0.2, poll_interval_s=60, backoff_max_s=8, max_poll_after_s=3600)
+    delays = [next_delay(cfg, 0, 600, random.Random(s)) for s in range(50)]
+    assert min(delays) >= 600 * 0.8 and max(delays) <= 600 * 1.2
