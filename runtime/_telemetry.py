@@ -24,7 +24,7 @@ import numpy as np
 
 from ._iospec import IOSpec
 
-__all__ = ["Telemetry", "TelemetryConfig", "psi"]
+__all__ = ["Telemetry", "TelemetryConfig", "gate_summary", "psi"]
 
 # 1 µs .. ~100 s, 4 buckets per decade: enough to read p50/p99 to within ~30%.
 _LAT_EDGES_S = [10 ** (e / 4) for e in range(-24, 9)]
@@ -39,6 +39,23 @@ class TelemetryConfig:
     max_drift_values: int = 4096
     #: output mean/std are reported only over at least this many values (privacy: see the module doc)
     min_values_for_moments: int = 16
+
+
+def gate_summary(snapshot: dict[str, Any]) -> dict[str, float]:
+    """The two numbers the fleet's health gates and device plots read from a telemetry report.
+
+    ``latency_ms`` is the mean inference latency; ``drift`` is the largest PSI of any input
+    against its training-time histogram (the device's own drift score). Either is left out
+    until it has been measured, so a device with no predictions does not count as a sample.
+    """
+    out: dict[str, float] = {}
+    mean_ms = (snapshot.get("latency") or {}).get("mean_ms")
+    if isinstance(mean_ms, (int, float)):
+        out["latency_ms"] = float(mean_ms)
+    psis = [d["psi"] for d in snapshot.get("inputs") or () if isinstance(d.get("psi"), (int, float))]
+    if psis:
+        out["drift"] = float(max(psis))
+    return out
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:

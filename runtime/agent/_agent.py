@@ -31,6 +31,7 @@ from edgepack import (
 from edgepack._device_auth import sign_request
 
 from .._errors import ParamUpdateError
+from .._telemetry import gate_summary
 from ._config import AgentConfig, next_delay
 from ._delta import delta_target_path
 from ._errors import (
@@ -272,5 +273,6 @@ class Agent:
             return
         snap = self.installer.telemetry()
         self._last_telemetry = now
-        if snap:
-            self.report("telemetry", True, version=self.installer.active_version(), data=snap)
+        if snap:  # the summary fields are what the rollout gates and the dashboard plots read
+            self.report("telemetry", True, version=self.installer.active_version(),
+                        data={**snap, **gate_summary(snap)})

@@ -171,3 +171,13 @@ def test_telemetry_of_the_serving_model_is_reported(fleet_env, make_agent, make_
     assert tel and tel[-1].release_version == 1 and tel[-1].ok
     assert tel[-1].data["calls"] == 5 and tel[-1].data["samples"] == 10
     assert tel[-1].data["active_version"] == 1 and "latency" in tel[-1].data
+    # the summary the rollout gates read (a report without it never fed the latency and drift gates)
+    assert tel[-1].data["latency_ms"] == tel[-1].data["latency"]["mean_ms"] > 0
+    psis = [d["psi"] for d in tel[-1].data["inputs"] if d["psi"] is not None]
+    assert ("drift" in tel[-1].data) == bool(psis)
+    if psis:
+        assert tel[-1].data["drift"] == max(psis)
+    from fleet_server._gates import GateConfig, evaluate
+
+    res = evaluate(GateConfig(min_reports=1), tel, [tel[-1].data["latency_ms"] / 2], 1, {agent.state.device_id})
+    assert res.metrics["latency_samples"] == 1 and res.metrics["latency_regression"] > 0.9
