@@ -41,20 +41,24 @@ class TelemetryConfig:
     min_values_for_moments: int = 16
 
 
-def gate_summary(snapshot: dict[str, Any]) -> dict[str, float]:
-    """The two numbers the fleet's health gates and device plots read from a telemetry report.
+def gate_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The summary fields the fleet's health gates and device plots read from a telemetry report.
 
     ``latency_ms`` is the mean inference latency; ``drift`` is the largest PSI of any input
     against its training-time histogram (the device's own drift score). Either is left out
     until it has been measured, so a device with no predictions does not count as a sample.
+    ``prediction_counts`` (class index -> count, for a classifier) feeds the device page's plot.
     """
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     mean_ms = (snapshot.get("latency") or {}).get("mean_ms")
     if isinstance(mean_ms, (int, float)):
         out["latency_ms"] = float(mean_ms)
     psis = [d["psi"] for d in snapshot.get("inputs") or () if isinstance(d.get("psi"), (int, float))]
     if psis:
         out["drift"] = float(max(psis))
+    preds = snapshot.get("predictions") or {}
+    if preds.get("kind") == "argmax_counts" and any(preds.get("counts") or ()):
+        out["prediction_counts"] = {str(i): int(c) for i, c in enumerate(preds["counts"]) if c}
     return out
 
 

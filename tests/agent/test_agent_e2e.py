@@ -177,6 +177,9 @@ def test_telemetry_of_the_serving_model_is_reported(fleet_env, make_agent, make_
     assert ("drift" in tel[-1].data) == bool(psis)
     if psis:
         assert tel[-1].data["drift"] == max(psis)
+    counts = tel[-1].data["predictions"].get("counts")
+    if counts:
+        assert sum(tel[-1].data["prediction_counts"].values()) == sum(counts) == 10
     from fleet_server._gates import GateConfig, evaluate
 
     res = evaluate(GateConfig(min_reports=1), tel, [tel[-1].data["latency_ms"] / 2], 1, {agent.state.device_id})
