@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from converters import _search
 from converters._compress_errors import EvalDataRequiredError
 from converters._search import MEASURES, SearchConfig, Variant, pareto_front, run, variants
+from converters._search_measure import measure_on_target
 
 SMALL = dict(sparsities=(0.0, 0.6), structured_ratios=(0.0,), precisions=("fp32", "int8-static"), finetune_epochs=1,
              latency_runs=10)
@@ -67,7 +67,7 @@ def test_impossible_budget_keeps_best_and_names_the_failed_constraint(_teacher, 
 def test_interrupt_keeps_the_best_so_far_and_checkpoints(_teacher, digits, tmp_path):
     xtr, ytr, xte, yte = digits
     cfg = SearchConfig(**{**SMALL, "sparsities": (0.0,), "precisions": ("fp32", "int8-dynamic", "int8-static")})
-    real = _search._ort_measure(xte, yte, xtr, cfg)
+    real = measure_on_target(xte, yte, xtr, cfg)
     calls = []
 
     def measure(model, v):
@@ -88,7 +88,7 @@ def test_interrupt_keeps_the_best_so_far_and_checkpoints(_teacher, digits, tmp_p
 def test_a_failing_candidate_is_recorded_not_fatal(_teacher, digits):
     xtr, ytr, xte, yte = digits
     cfg = SearchConfig(**{**SMALL, "sparsities": (0.0,)})
-    real = _search._ort_measure(xte, yte, xtr, cfg)
+    real = measure_on_target(xte, yte, xtr, cfg)
 
     def measure(model, v):
         if v.precision == "int8-static":
@@ -164,7 +164,7 @@ def test_cheapest_passing_tflite_candidate_is_picked_over_onnx(_teacher, digits)
     xtr, ytr, xte, yte = digits
     cfg = SearchConfig(**{**SMALL, "sparsities": (0.0,)}, targets=("onnx", "tflite"), max_accuracy_drop=0.02,
                        tflite_int8_io=(True, False))
-    real = _search._measure_on_target(xte, yte, xtr, cfg)
+    real = measure_on_target(xte, yte, xtr, cfg)
 
     def measure(model, v):
         if v.target == "onnx" and v.precision != "fp32":
