@@ -136,17 +136,27 @@ def runtime_figures(run: CompressionRun, rec: Recipe, x: np.ndarray,
     The build's own fp32 TFLite artifact is reused as "after": it comes from the same litert-torch
     call on the same model, and a conversion takes seconds.
 
+    A target whose helper export fails (e.g. a model only the dynamo exporter handles) gets a row
+    with ``error`` instead of figures: the build itself does not depend on them.
+
     Raises:
         ConversionError: a runtime refuses an artifact.
     """
+    from edgepack import ConversionError
+
     from ._runners import open_session
 
     rows = []
     lat = rec.latency
     for target in rec.build.targets:
-        before = _FP32_EXPORTS[target](_torch_module(run.source), x)
-        built = [a.data for a in artifacts or [] if a.format == "tflite" == target and a.precision == "fp32"]
-        after = built[0] if built else _FP32_EXPORTS[target](run.model.model, x)
+        try:
+            before = _FP32_EXPORTS[target](_torch_module(run.source), x)
+            built = [a.data for a in artifacts or [] if a.format == "tflite" == target and a.precision == "fp32"]
+            after = built[0] if built else _FP32_EXPORTS[target](run.model.model, x)
+        except ConversionError as e:
+            # these figures are extra evidence; the build's artifacts came through its own exporter
+            rows.append({"target": target, "error": e.one_line()})
+            continue
         times: dict[str, list[float]] = {"before": [], "after": []}
         sessions = {"before": open_session(target, before, lat.threads), "after": open_session(target, after,
                                                                                                 lat.threads)}

@@ -140,6 +140,10 @@ def _runtimes_html(rows: list[dict]) -> str:
              "batch-1 p50, interleaved</div><table><tr><th>target</th><th>bytes before</th><th>bytes after</th>"
              "<th>smaller</th><th>p50 ms before</th><th>p50 ms after</th><th>faster</th></tr>"]
     for r in rows:
+        if r.get("error"):
+            parts.append(f"<tr><td>{html.escape(r['target'])}</td><td colspan='6'>not measured: "
+                         f"{html.escape(r['error'])}</td></tr>")
+            continue
         parts.append(f"<tr><td>{html.escape(r['target'])}</td><td>{r['bytes_before']}</td><td>{r['bytes_after']}"
                      f"</td><td>{r['bytes_before'] / max(r['bytes_after'], 1):.2f}x</td>"
                      f"<td>{r['p50_ms_before']:.3f}</td><td>{r['p50_ms_after']:.3f}</td>"

@@ -221,3 +221,24 @@ def test_structured_pruning_shrinks_the_tflite_and_onnx_artifacts_in_the_build(_
     dense = sum(p.numel() for n, p in _teacher.named_parameters() if n.split(".")[0] not in ("1", "4", "8"))  # no BN
     assert _tflite_eval.param_count(data) < 0.4 * dense
     assert Interpreter(model_content=data).get_input_details()[0]["dtype"].__name__ == "float32"
+
+
+def test_runtime_figures_record_an_export_the_helper_cannot_do_instead_of_failing(digits):
+    import types
+
+    import torch
+
+    from converters._compress_build import CompressionRun, runtime_figures
+    from converters._compress_report import build_section_html
+    from converters._recipe import recipe_from_dict
+
+    class KthValue(torch.nn.Module):  # aten::kthvalue has no ONNX export (docs/build.md)
+        def forward(self, x):
+            return x.flatten(1).kthvalue(3, dim=1).values[:, None]
+
+    m = KthValue()
+    run = CompressionRun(types.SimpleNamespace(model=m), [], None, None, {}, source=m)  # type: ignore[arg-type]
+    rows = runtime_figures(run, recipe_from_dict({"build": {"targets": ["onnx"]}}), digits[2][:4])
+    assert len(rows) == 1 and rows[0]["target"] == "onnx" and "kthvalue" in rows[0]["error"]
+    page = build_section_html({"attribution": [], "artifacts": [], "runtimes": rows})
+    assert "not measured" in page and "kthvalue" in page
