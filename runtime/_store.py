@@ -315,8 +315,14 @@ class InstallStore:
             try:
                 self._commit(doc, {"event": "activated", **res.to_dict()})   # the commit point
             except OSError as e:
-                # the journal was not replaced, so the old version is still the active one
-                remove_tree(dest)
+                # If the journal's rename happened (only the directory fsync after it failed), it
+                # already names the new slot: the activation stands, and the slot must stay. The
+                # old active slot is untouched either way, so a power cut that undoes the rename
+                # still finds the version the old journal names.
+                with contextlib.suppress(OSError, ValueError, InstallError):
+                    if self.journal().get("active") == doc["active"]:
+                        return res
+                remove_tree(dest)  # the journal was not replaced: the old version is still active
                 return InstallResult(False, action, rec.version, act.version if act else None, None,
                                      self._io_reason(e))
             return res

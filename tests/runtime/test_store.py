@@ -168,3 +168,33 @@ def test_a_bad_artifact_the_device_does_not_prefer_still_fails_the_install(
     assert not res.ok and res.reason["code"] == "health_check_failed"
     assert res.reason["details"]["artifact"] == "artifacts/digits.fp32.tflite"
     assert store.active().version == 1
+
+
+@pytest.mark.parametrize("fails", ["before the journal's rename", "after the journal's rename"])
+def test_an_io_error_at_the_commit_point_never_leaves_the_journal_naming_a_deleted_slot(
+        store, bundles, monkeypatch, fails):
+    """Fault injection at the commit point: the journal write fails before its rename (nothing
+    changed: v1 stays active) or only its directory fsync fails after it (the rename happened:
+    v2 is active and its slot must survive). Either way the active slot loads."""
+    import edgepack._atomic as atomic
+
+    store.install(bundles["v1"]).raise_for_status()
+    real_replace, real_fsync = atomic.os.replace, atomic.fsync_dir
+
+    def replace(src, dst):
+        if fails.startswith("before") and Path(dst).name == "journal.json":
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    def fsync(path):
+        if fails.startswith("after") and (Path(path) / "journal.json").exists() and Path(path) == store.root:
+            raise OSError(5, "Input/output error")
+        return real_fsync(path)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    monkeypatch.setattr(atomic, "fsync_dir", fsync)
+    res = store.install(bundles["v2"])
+    monkeypatch.undo()
+    expected = 1 if fails.startswith("before") else 2
+    assert res.ok == (expected == 2) and store.active().version == expected
+    assert store.load_active().version == expected
