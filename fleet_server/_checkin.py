@@ -293,7 +293,11 @@ class CheckinStore:
                      hb: Heartbeat | None) -> DeviceRow | None:
         conn = self._connection()
         sql = self._sql
-        cur = conn.cursor()
+        try:
+            cur = conn.cursor()
+        except self._error:  # a connection that died while idle: drop it, the next request opens another
+            self._discard()
+            raise
         committed = False
         try:
             if self._db.is_sqlite:
@@ -332,6 +336,9 @@ class CheckinStore:
             with contextlib.suppress(self._error):  # its connection may be closed already
                 cur.close()
             if not committed and getattr(self._local, "fairy", None) is not None:
-                self._end(commit=False)
+                try:
+                    self._end(commit=False)
+                except self._error:  # the rollback itself failed: never reuse a connection mid-transaction
+                    self._discard()
         rel = None if r[10] is None else ReleaseInfo(r[10], r[11], r[12], r[13], r[14], r[15])
         return DeviceRow(device_id, r[0], r[1], r[2], r[3], r[4], r[5], state, r[7], r[8], r[9], rel)

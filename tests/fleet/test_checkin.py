@@ -280,3 +280,16 @@ def test_a_database_connection_lost_under_the_fast_path_is_answered_by_flask(app
     r = client.post(path, data=body, headers=h)
     assert r.status_code == 200 and r.json == {"poll_after_s": fleet.config.poll_after_s}
     assert calls[0] == 1 and r.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_connection_closed_while_idle_is_replaced_instead_of_failing_every_later_check_in(fleet, client, enroll):
+    """``cursor()`` on a closed connection raises before the transaction starts; the connection must
+    be dropped there too, or every later check-in on that worker thread fails the same way."""
+    dev = enroll()
+    assert dev.heartbeat(1).status_code == 200  # this thread now holds a connection
+    fleet.checkins._connection().close()  # closed behind the store's back (server restart, idle timeout)
+    codes = []
+    for v in (2, 3):
+        path, body, h = _heartbeat(dev, active_version=v)
+        codes.append(client.post(path, data=body, headers=h).status_code)
+    assert codes[-1] == 200, codes
