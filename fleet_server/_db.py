@@ -30,7 +30,7 @@ from ._migrate import upgrade as migrate
 from ._models import SCHEMA_VERSION, Meta
 
 #: older schema versions this release upgrades in place (``create_schema``); anything else is refused
-UPGRADABLE = ("1",)
+UPGRADABLE = tuple(str(v) for v in range(1, SCHEMA_VERSION))
 
 __all__ = ["Database"]
 

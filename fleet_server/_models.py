@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -120,7 +121,8 @@ class Nonce(Base):
     """
 
     __tablename__ = "nonces"
-    ts: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    #: BIGINT: unix seconds overflow PostgreSQL's 32-bit INTEGER on 2038-01-19
+    ts: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(64))
 

@@ -293,3 +293,13 @@ def test_a_connection_closed_while_idle_is_replaced_instead_of_failing_every_lat
         path, body, h = _heartbeat(dev, active_version=v)
         codes.append(client.post(path, data=body, headers=h).status_code)
     assert codes[-1] == 200, codes
+
+
+def test_a_check_in_signed_after_2038_is_stored(fleet, enroll):
+    """Unix seconds pass 2**31 on 2038-01-19; the nonce's timestamp column must hold them (PostgreSQL's
+    INTEGER is 32-bit: the insert was an out-of-range driver error, so every check-in would fail)."""
+    dev = enroll()
+    t = 2**31 + 60
+    row = fleet.checkins.check_in(dev.id, dev.key.public, "c" * 32, t, float(t))
+    assert row is not None and row.id == dev.id
+    assert fleet.checkins.check_in(dev.id, dev.key.public, "c" * 32, t, float(t)) is None  # still a replay

@@ -28,7 +28,7 @@ _DEFAULT_WINDOW = 301  # max_skew_s 300 + 1: what 0001's expires_at was set to
 
 def _new_table(name: str) -> None:
     op.create_table(name,
-    sa.Column('ts', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('ts', sa.BigInteger(), autoincrement=False, nullable=False),  # unix seconds pass 2**31 in 2038
     sa.Column('nonce', sa.String(length=32), nullable=False),
     sa.Column('device_id', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('ts', 'nonce')
