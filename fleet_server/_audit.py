@@ -27,7 +27,7 @@ from ._models import RolloutEvent
 from ._models_audit import AuditEntry
 from ._models_rounds import FLRound
 
-__all__ = ["AuditChainError", "AuditReport", "install_triggers", "page", "record", "register", "verify"]
+__all__ = ["AuditChainError", "AuditReport", "page", "record", "register", "verify"]
 
 GENESIS = "0" * 64
 #: key of the PostgreSQL advisory lock that serializes appends (any constant; "edgepack audit" in ASCII)
@@ -35,23 +35,7 @@ _PG_LOCK = 0x6570_6175_6469_74
 _MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 #: response fields copied into an admin action's details (never the body: it can hold a fresh token)
 _SAFE_FIELDS = ("id", "name", "version", "group", "state", "device_id", "revoked", "acknowledged")
-
-_SQLITE_TRIGGERS = [
-    "CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log "
-    "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log "
-    "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
-]
-_PG_TRIGGERS = [
-    "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-    "$$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$",
-    "DROP TRIGGER IF EXISTS audit_log_no_change ON audit_log",
-    "CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log "
-    "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
-    "DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log",
-    "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log "
-    "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()",
-]
+# The triggers that make audit_log append-only are created by migration 0002 (fleet_server/migrations).
 
 
 class AuditChainError(VerificationError):
@@ -64,18 +48,6 @@ class AuditReport:
 
     rows: int
     head: str
-
-
-def install_triggers(s: Session) -> None:
-    """Create the triggers that refuse UPDATE and DELETE on ``audit_log`` (idempotent)."""
-    dialect = s.get_bind().dialect.name
-    if dialect == "postgresql":
-        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})  # workers start at once
-        for stmt in _PG_TRIGGERS:
-            s.execute(text(stmt))
-    elif dialect == "sqlite":
-        for stmt in _SQLITE_TRIGGERS:
-            s.execute(text(stmt))
 
 
 def _row_hash(prev: str, e: dict[str, Any]) -> str:

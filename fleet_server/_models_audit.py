@@ -1,7 +1,7 @@
 """Tables for the audit trail and the rate limiter (same declarative ``Base``).
 
 ``audit_log`` is append-only: the app has no code path that updates or
-deletes a row, and database triggers (installed by ``_audit.install_triggers``)
+deletes a row, and database triggers (installed by migration 0002)
 refuse UPDATE and DELETE on SQLite and PostgreSQL. Each row stores
 ``hash = sha256(prev_hash + canonical row)``, so an edit made behind the
 triggers' back (a superuser dropping them) is still detected by ``verify``.

@@ -4,79 +4,19 @@ link) and the agent is restarted; the next check-in resumes with a Range request
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
+from support.proxy import TargetProxy
 
 from edgepack import BundleBuilder
 
 from ..conftest import TINY_IO, golden_npz
 
 
-class CuttingProxy:
-    """Forward TCP to ``upstream``; cut the next target response after ``cut_after`` bytes."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.5)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.cut_after: int | None = None
-        self.target_requests: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        with client, socket.create_connection(self.upstream, timeout=10) as up:
-            client.settimeout(10)
-            head = client.recv(65536)
-            up.sendall(head)
-            limit = None
-            if b" /tuf/targets/" in head.split(b"\r\n", 1)[0]:
-                self.target_requests.append(head)
-                limit, self.cut_after = self.cut_after, None
-            threading.Thread(target=self._pump, args=(client, up), daemon=True).start()
-            sent = 0
-            while True:
-                data = up.recv(65536)
-                if not data:
-                    return
-                if limit is not None and sent + len(data) >= limit:
-                    client.sendall(data[: limit - sent])
-                    client.shutdown(socket.SHUT_RDWR)  # the link drops mid-body
-                    return
-                client.sendall(data)
-                sent += len(data)
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        """Forward the rest of the request (a POST body may follow its headers)."""
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            return
-
-    def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(timeout=5)
-
-
 @pytest.fixture
-def proxy(fleet_env) -> Iterator[CuttingProxy]:
-    p = CuttingProxy(("127.0.0.1", fleet_env.server.server_port))
+def proxy(fleet_env) -> Iterator[TargetProxy]:
+    p = TargetProxy(("127.0.0.1", fleet_env.server.server_port))
     yield p
     p.close()
 
