@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.datasets import load_digits
+from bench_fl_compress import accuracy, load, local_delta
 
 from edgepack import SigningKey, generate_key
 from edgepack.federated import (
@@ -99,37 +99,7 @@ class SimResult:
 
 def load_split(devices: int, seed: int, n_test: int = 400):
     """Non-IID digits: sorted by label, two shards per device (so mostly two classes each)."""
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    x, y = x[order], y[order]
-    xt, yt, xr, yr = x[:n_test], y[:n_test], x[n_test:], y[n_test:]
-    shards = np.array_split(np.argsort(yr, kind="stable"), 2 * devices)
-    picks = rng.permutation(2 * devices)
-    clients = [(xr[np.r_[shards[picks[2 * c]], shards[picks[2 * c + 1]]]],
-                yr[np.r_[shards[picks[2 * c]], shards[picks[2 * c + 1]]]]) for c in range(devices)]
-    return clients, (xt, yt)
-
-
-def accuracy(params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
-    return float(((x @ params["W"] + params["b"]).argmax(1) == y).mean())
-
-
-def local_delta(params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, epochs: int,
-                lr: float) -> dict[str, np.ndarray]:
-    """Honest local training: full-batch gradient descent on cross-entropy; returns trained - global."""
-    w, b = params["W"].astype(np.float64), params["b"].astype(np.float64)
-    onehot = np.eye(10)[y]
-    for _ in range(epochs):
-        z = x @ w + b
-        z -= z.max(1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(1, keepdims=True)
-        g = (p - onehot) / len(y)
-        w -= lr * (x.T @ g)
-        b -= lr * g.sum(0)
-    return {"W": (w - params["W"]).astype(np.float32), "b": (b - params["b"]).astype(np.float32)}
+    return load(devices, seed, n_test)
 
 
 def _blob(key: SigningKey, dev: str, rnd: int, delta: Mapping[str, np.ndarray], n: int) -> bytes:
