@@ -10,43 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.fleet_app import app, client, fleet, fleet_config, release_key, trust_file  # noqa: F401  (fixtures)
+from support.models import onnx_linear, softmax_regression
 
 from edgepack import BundleBuilder, generate_key, save_key_pair
 from edgepack._device_auth import sign_request
-
-
-def onnx_linear(W: np.ndarray, b: np.ndarray) -> bytes:
-    """logits = x @ W + b, with W and b as raw-data initializers (patchable by parameter updates)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["logits"])],
-        "digits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(W.astype(np.float32), "W"), numpy_helper.from_array(b.astype(np.float32), "b")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m.SerializeToString()
 
 
 def _run_onnx(onnx: bytes, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     return ort.InferenceSession(onnx, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-
-def softmax_regression(x: np.ndarray, y: np.ndarray, steps: int, W=None, b=None, lr: float = 0.5):
-    W = np.zeros((64, 10)) if W is None else W.astype(np.float64).copy()
-    b = np.zeros(10) if b is None else b.astype(np.float64).copy()
-    onehot = np.eye(10)[y]
-    for _ in range(steps):
-        z = x @ W + b
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        g = (p - onehot) / len(x)
-        W -= lr * x.T @ g
-        b -= lr * g.sum(0)
-    return W.astype(np.float32), b.astype(np.float32)
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ from edgepack import (
 )
 from edgepack._device_auth import sign_request
 
-from .models import onnx_linear
+from .models import onnx_linear, softmax_regression
 from .proxy import TargetProxy
 from .server import CLI, Server, free_port, http_json
 
@@ -165,15 +165,7 @@ def linear_bundle(out: Path, key: SigningKey, version: int = 1, report: int = 0,
     import onnxruntime as ort
 
     x, y = digits_data()
-    W, b = np.zeros((64, 10)), np.zeros(10)
-    onehot = np.eye(10)[y]
-    for _ in range(steps):
-        z = x @ W + b
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        g = (p - onehot) / len(x)
-        W, b = W - 0.5 * x.T @ g, b - 0.5 * g.sum(0)
-    model = onnx_linear(W.astype(np.float32), b.astype(np.float32))
+    model = onnx_linear(*softmax_regression(x, y, steps))
     gx = x[:4]
     gy = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": gx})[0]
     buf = io.BytesIO()

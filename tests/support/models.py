@@ -50,15 +50,23 @@ TINY_IO = {
 
 
 def onnx_linear(W: np.ndarray, b: np.ndarray) -> bytes:
-    """logits = x @ W + b on 64 digit pixels, with W and b as raw-data initializers (patchable by
-    parameter updates). tests/rounds/conftest.py has its own copy; it can import this one."""
-    from onnx import TensorProto, helper, numpy_helper
+    """logits = x @ W + b, with W and b as raw-data initializers (patchable by parameter updates):
+    the same model ``edgepack fl simulate`` ships."""
+    from edgepack.flsim._data import linear_onnx
 
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["logits"])],
-        "digits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(W.astype(np.float32), "W"), numpy_helper.from_array(b.astype(np.float32), "b")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m.SerializeToString()
+    return linear_onnx(W, b)
+
+
+def softmax_regression(x: np.ndarray, y: np.ndarray, steps: int, W=None, b=None, lr: float = 0.5):
+    """Full-batch gradient descent on cross-entropy from (W, b) (zeros by default); float32 result."""
+    W = np.zeros((x.shape[1], 10)) if W is None else W.astype(np.float64).copy()
+    b = np.zeros(10) if b is None else b.astype(np.float64).copy()
+    onehot = np.eye(10)[y]
+    for _ in range(steps):
+        z = x @ W + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - onehot) / len(x)
+        W -= lr * x.T @ g
+        b -= lr * g.sum(0)
+    return W.astype(np.float32), b.astype(np.float32)
