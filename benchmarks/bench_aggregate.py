@@ -11,7 +11,8 @@ Memory: ``extra`` is the process's peak RSS during aggregation (VmHWM, reset via
 aggregation itself added on top of its inputs. tracemalloc's peak (numpy reports
 its buffers to it) is printed too.
 
-Time is the best of ``--repeats`` runs (the machine is shared); memory is from the first run.
+Time is the best of ``--repeats`` runs, taken round-robin across the methods (each run a fresh
+process), so load changes on the shared machine hit every method alike; memory is from the first run.
 
 Usage (Flower methods need the flwr venv; see docs/federated.md):
     .venv-flwr/bin/python benchmarks/bench_aggregate.py --cases 100x10000000,1000x1000000
@@ -165,6 +166,15 @@ def available_bytes() -> int:
     return 0
 
 
+def _run_child(n: int, p: int, method: str, mode: str) -> dict | None:
+    proc = subprocess.run([sys.executable, __file__, "--one", f"{n}:{p}:{method}:{mode}", "--repeats", "1"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr.strip().splitlines()[-1:], file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="100x10000000,1000x1000000", help="comma-separated NxP")
@@ -184,24 +194,32 @@ def main() -> None:
     rows = []
     for case in args.cases.split(","):
         n, p = (int(v) for v in case.lower().split("x"))
+        methods = []
         for method in args.methods.split(","):
             if method.startswith("flower") and available_bytes() < args.mem_headroom * n * p * 4:
                 print(f"{case:>14} {method:<26} skipped: MemAvailable {available_bytes() / 2**30:.1f} GiB "
                       f"< {args.mem_headroom} x payloads {n * p * 4 / 2**30:.1f} GiB")
+            else:
+                methods.append(method)
+        # Round-robin: repeat r of every method runs before repeat r + 1 of any, each in a fresh
+        # process, so a change in the machine's load hits every method alike (it is shared).
+        best: dict[str, dict] = {}
+        for _ in range(args.repeats):
+            for method in methods:
+                one = _run_child(n, p, method, "time")
+                if one is None:
+                    print(f"{case:>14} {method:<26} FAILED")
+                    continue
+                if method not in best or one["seconds"] < best[method]["seconds"]:
+                    # memory stays from the first run; time is the best over the rounds
+                    first = best.get(method, one)
+                    best[method] = dict(first, seconds=one["seconds"], updates_per_s=one["updates_per_s"])
+        for method in methods:
+            traced = _run_child(n, p, method, "trace")
+            if method not in best or traced is None:
                 continue
-            runs = []
-            for mode in ("time", "trace"):
-                proc = subprocess.run([sys.executable, __file__, "--one", f"{n}:{p}:{method}:{mode}",
-                                       "--repeats", str(args.repeats)],
-                                      capture_output=True, text=True)
-                if proc.returncode != 0:
-                    print(f"{case:>14} {method:<26} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
-                    break
-                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            if len(runs) != 2:
-                continue
-            r = dict(runs[0], tracemalloc_peak_bytes=runs[1]["tracemalloc_peak_bytes"],
-                     tracemalloc_x_model=runs[1]["tracemalloc_x_model"])
+            r = dict(best[method], tracemalloc_peak_bytes=traced["tracemalloc_peak_bytes"],
+                     tracemalloc_x_model=traced["tracemalloc_x_model"])
             rows.append(r)
             print(f"{case:>14} {method:<26} {r['seconds']:8.2f} s  {r['updates_per_s']:8.1f} upd/s  "
                   f"extra RSS {r['extra_rss_bytes'] / 2**20:9.1f} MiB ({r['extra_rss_x_model']:6.2f}x model)  "
