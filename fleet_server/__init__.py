@@ -28,6 +28,7 @@ from ._publish import (
     publish_release,
     release_target,
     target_path,
+    withdraw_release,
 )
 from ._storage import LocalStorage, Storage
 from ._tuf import TufRepository
@@ -62,4 +63,5 @@ __all__ = [
     "rotate_root",
     "store_param_update",
     "target_path",
+    "withdraw_release",
 ]

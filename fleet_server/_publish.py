@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgepack import PathTraversalError, load_signing_key
-from runtime.agent._delta import params_target_path
+from runtime.agent._delta import bundle_target_path, params_target_path
 
 from ._errors import ConflictError
 from ._storage import Storage, check_key
 
 __all__ = ["ParamsDeliveryUnavailableError", "Publisher", "StoragePublisher", "TargetBlob", "TufPublisher",
-           "open_publisher", "publish_release", "release_target", "target_path"]
+           "open_publisher", "publish_release", "release_target", "target_path", "withdraw_release"]
 
 TUF_DIR = "tuf"
 _HASHED = re.compile(r"^[0-9a-f]{64}\.(.+)\Z")
@@ -31,7 +31,7 @@ _HASHED = re.compile(r"^[0-9a-f]{64}\.(.+)\Z")
 
 def target_path(group: str, name: str, version: int) -> str:
     """The TUF target path of a release bundle in a group (``groups/<group>/<name>-<version>.edgepack``)."""
-    return f"groups/{group}/{name}-{version}.edgepack"
+    return bundle_target_path(group, name, version)  # the device computes the same path
 
 
 def _bundle_target(group: str, name: str, version: int) -> str:
@@ -68,8 +68,20 @@ def publish_release(publisher: Publisher, group: str, release: Any) -> str:
         delta = (release.manifest or {}).get("delivery", {}).get("delta")
         return publisher.publish_params(
             release.name, release.version, release.storage_key, release.sha256,
-            (int(delta["base_version"]), delta["storage_key"], delta["sha256"]) if delta else None)
+            (int(delta["base_version"]), delta["storage_key"], delta["sha256"]) if delta else None, group=group)
     return publisher.publish(group, release.name, release.version, release.storage_key, release.sha256)
+
+
+def withdraw_release(publisher: Publisher, group: str, release: Any) -> bool:
+    """Withdraw ``release`` (a ``Release`` row) from ``group``'s signed metadata; True if something changed.
+
+    A rollout that rolls back calls this: a device that already runs the release follows the
+    rollback only once TUF stops vouching for it (docs/delivery.md, "Fleet rollback").
+
+    Raises:
+        PathTraversalError, TufRepositoryError: from the publisher.
+    """
+    return publisher.withdraw(group, release_target(group, release))
 
 
 @dataclass(frozen=True)
@@ -90,8 +102,12 @@ class Publisher(Protocol):
         """Make the release downloadable by ``group``; return its target path."""
 
     def publish_params(self, name: str, version: int, storage_key: str, sha256: str,
-                       delta: tuple[int, str, str] | None) -> str:
-        """Publish a parameter update (and its delta: base version, storage key, sha256); return its target."""
+                       delta: tuple[int, str, str] | None, group: str | None = None) -> str:
+        """Publish a parameter update (and its delta: base version, storage key, sha256) for ``group``
+        (clearing an earlier withdrawal for it); return its target."""
+
+    def withdraw(self, group: str, target: str) -> bool:
+        """Stop vouching for ``target`` to ``group``'s devices; return False if it was not vouched for."""
 
     def metadata(self, filename: str) -> bytes:
         """Raises FileNotFoundError when there is no such file (or no TUF at all)."""
@@ -134,11 +150,16 @@ class StoragePublisher:
         return target_path(group, name, version)
 
     def publish_params(self, name: str, version: int, storage_key: str, sha256: str,
-                       delta: tuple[int, str, str] | None) -> str:
+                       delta: tuple[int, str, str] | None, group: str | None = None) -> str:
         raise ParamsDeliveryUnavailableError(
             "this fleet has no TUF repository, so it cannot deliver parameter updates",
             where="release", hint="parameter updates are signed by the federated TUF role: create the fleet with "
                                   "`edgepack fleet init --root-key ...` so it has a TUF repository")
+
+    def withdraw(self, group: str, target: str) -> bool:
+        # Nothing is signed, so there is nothing a device could check a withdrawal against: on a
+        # fleet without TUF a device never goes below its active version (docs/delivery.md).
+        return False
 
     def metadata(self, filename: str) -> bytes:
         raise FileNotFoundError(f"this fleet has no TUF repository ({filename})")
@@ -191,14 +212,24 @@ class TufPublisher:
         return data
 
     def publish_params(self, name: str, version: int, storage_key: str, sha256: str,
-                       delta: tuple[int, str, str] | None) -> str:
+                       delta: tuple[int, str, str] | None, group: str | None = None) -> str:
         path = params_target_path(name, version)
         if path in self.repo.params_targets():
-            return path  # a second rollout (another group) of the same update: already signed
+            # a second rollout (another group, or this group again after a rollback): already signed
+            if group is not None:
+                self.repo.set_params_withdrawn(path, group, False)
+            return path
         data = self._read_checked(storage_key, sha256)
         d = (delta[0], self._read_checked(delta[1], delta[2])) if delta else None
         self.repo.publish_params(name, version, data, delta=d, custom={"name": name, "version": version})
         return path
+
+    def withdraw(self, group: str, target: str) -> bool:
+        if target.startswith("params/"):
+            if target not in self.repo.params_targets():
+                return False
+            return bool(self.repo.set_params_withdrawn(target, group, True))
+        return bool(self.repo.withdraw_target(group, target.rsplit("/", 1)[1]))
 
     def metadata(self, filename: str) -> bytes:
         return self.repo.metadata_bytes(filename)

@@ -12,6 +12,12 @@ state has a deadline):
     running|paused --abort-->             aborted   (no new assignments; devices keep what they have)
     running|paused|completed --rollback--> rolled_back (every touched device gets the previous release)
 
+Every rollback (gate, deadline or manual) republishes the previous release to the group and
+withdraws the rolled-back one from the group's signed TUF metadata before devices are pointed
+back: that withdrawal, not the unsigned assignment, is what lets a device that already runs the
+release go back to its previous slot (docs/delivery.md, "Fleet rollback"). An abort withdraws
+nothing: devices keep what they run.
+
 Devices join a wave in a stable pseudo-random order (sha256 of rollout id and
 device id), so a wave is a superset of the one before and a restart changes nothing.
 """
@@ -30,7 +36,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from ._errors import BadRequestError, ConflictError, NotFoundError, RolloutStateError
 from ._gates import GateConfig, evaluate
 from ._models import Alert, Device, Group, Release, Report, Rollout, RolloutEvent
-from ._publish import publish_release
+from ._publish import publish_release, withdraw_release
 
 __all__ = ["ACTIONS", "ACTIVE", "DEFAULT_TIMING", "DEFAULT_WAVES", "act", "create_rollout", "rollout_dict",
            "tick", "tick_all"]
@@ -128,6 +134,12 @@ def _rollback(fleet: Any, s: Session, r: Rollout, reason: str, actor: str, *, au
         except Exception as e:  # noqa: BLE001 (recorded as an alert; the assignment still goes back)
             s.add(Alert(level="critical", kind="publish", rollout_id=r.id,
                         message=f"could not republish {prev.name} v{prev.version} for the rollback: {e}"))
+    try:  # devices that run the release follow the rollback only once TUF stops vouching for it
+        withdraw_release(fleet.publisher, group.name, release)
+    except Exception as e:  # noqa: BLE001 (recorded as an alert; devices keep serving what they run)
+        s.add(Alert(level="critical", kind="publish", rollout_id=r.id,
+                    message=f"could not withdraw {release.name} v{release.version} from {group.name}'s TUF "
+                            f"metadata: devices that installed it keep running it: {e}"))
     cond = Device.rollout_id == r.id
     if r.state == "completed":
         cond = (Device.group_id == r.group_id) & (Device.desired_release_id == r.release_id)

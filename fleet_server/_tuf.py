@@ -360,6 +360,67 @@ class TufRepository:
         return ParamsPublication(full, infos[0].hashes["sha256"], infos[0].length,
                                  d.path if d else None, d.length if d else None)
 
+    def withdraw_target(self, group: str, name: str, *, now: dt.datetime | None = None) -> bool:
+        """Remove ``groups/<group>/<name>`` from the group's role; return False if it was not listed.
+
+        This is how a fleet rollback reaches devices that already run the release: the
+        re-signed role (and its snapshot and timestamp) no longer vouches for it, which a
+        network attacker cannot fake (TUF never lets a device go back to older metadata).
+        The file itself stays on disk, so older consistent-snapshot versions stay whole.
+
+        Raises:
+            PathTraversalError: unsafe ``group`` or ``name``.
+            TufRepositoryError: ``group`` has no role.
+        """
+        role, name = group_role(group), check_name(name, "target name")
+        now = _at(now)
+        with locked(self.dir):
+            md: Metadata[Targets] = self._open(role)
+            if md.signed.targets.pop(f"groups/{group}/{name}", None) is None:
+                return False
+            self._snapshot_and_timestamp([self._sign_write(role, self._bump(md, role, now))], now)
+        return True
+
+    def set_params_withdrawn(self, target: str, group: str, withdrawn: bool, *,
+                             now: dt.datetime | None = None) -> bool:
+        """Mark the parameter update ``target`` (and its deltas) withdrawn for ``group``, or not.
+
+        A ``params/`` target is one file for every group (the federated role is not per
+        group), so it is not removed: its signed ``custom.withdrawn_groups`` lists the
+        groups whose rollout of it was rolled back, and devices of those groups treat it
+        as unlisted. Publishing it to the group again clears the mark. Returns False
+        when nothing changed (nothing is re-signed then).
+
+        Raises:
+            PathTraversalError: unsafe ``group``.
+            TufRepositoryError: ``target`` is not a published parameter update.
+        """
+        check_name(group, "group")
+        stem = target.removesuffix(".epu")
+        now = _at(now)
+        with locked(self.dir):
+            md: Metadata[Targets] = self._open(FEDERATED_ROLE)
+            if target not in md.signed.targets:
+                raise TufRepositoryError(f"{target!r} is not a published parameter update", where=FEDERATED_ROLE)
+            changed = False
+            for path, info in md.signed.targets.items():
+                if path != target and not (path.startswith(f"{stem}.from-") and path.endswith(".epu")):
+                    continue
+                custom = dict(info.unrecognized_fields.get("custom") or {})
+                groups = set(custom.get("withdrawn_groups") or [])
+                if (group in groups) == withdrawn:
+                    continue
+                groups = groups | {group} if withdrawn else groups - {group}
+                custom["withdrawn_groups"] = sorted(groups)
+                if not groups:
+                    del custom["withdrawn_groups"]
+                info.unrecognized_fields["custom"] = custom
+                changed = True
+            if changed:
+                self._snapshot_and_timestamp(
+                    [self._sign_write(FEDERATED_ROLE, self._bump(md, FEDERATED_ROLE, now))], now)
+        return changed
+
     def refresh_online(self, now: dt.datetime | None = None) -> list[str]:
         """Re-sign every online role that is past ``resign_fraction`` of its lifetime.
 

@@ -12,7 +12,12 @@ store checks the rebuilt artifact against the signed ``result_sha256``.
 
 from __future__ import annotations
 
-__all__ = ["delta_target_path", "params_target_path"]
+__all__ = ["bundle_target_path", "delta_target_path", "params_target_path"]
+
+
+def bundle_target_path(group: str, name: str, version: int) -> str:
+    """The TUF target path of bundle ``version`` of ``name`` in ``group``'s delegated role."""
+    return f"groups/{group}/{name}-{int(version)}.edgepack"
 
 
 def params_target_path(model: str, version: int) -> str:

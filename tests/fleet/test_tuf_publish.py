@@ -69,3 +69,58 @@ def test_background_tick_resigns_online_metadata_before_it_expires(fleet):
     assert fleet.background_tick(now=dt.datetime.now(dt.UTC)) == []  # nothing due yet
     assert "timestamp" in fleet.background_tick(now=later)
     assert repo.status()["timestamp"]["version"] == before + 1
+
+
+def _signed_group_role(fleet, group: str):
+    """The group's role as devices read it, checked against the delegation in the signed targets role."""
+    from tuf.api.metadata import Metadata
+
+    top = Metadata.from_bytes(fleet.publisher.metadata("targets.json")).signed
+    md = Metadata.from_bytes(fleet.publisher.metadata(f"group-{group}.json"))
+    top.verify_delegate(f"group-{group}", md.signed_bytes, md.signatures)
+    return md.signed
+
+
+@pytest.mark.parametrize("how", ["gate_trip", "manual_rollback"])
+def test_rollback_withdraws_the_bad_release_from_the_groups_signed_role(fleet, admin, enroll, make_bundle, how):
+    dev = enroll("lab")
+    for v in (1, 2):
+        assert admin.upload(make_bundle(v)).status_code == 201
+    assert admin.post("/rollouts", {"release": {"name": "digits", "version": 1}, "group": "lab",
+                                    "waves": [100]}).status_code == 201
+    assert dev.report("install", 1).status_code == 202
+    before = _signed_group_role(fleet, "lab")
+    r = admin.post("/rollouts", {"release": {"name": "digits", "version": 2}, "group": "lab", "waves": [100],
+                                 "gates": {"min_reports": 1, "max_failure_rate": 0.0}})
+    assert r.status_code == 201, r.json
+    assert "groups/lab/digits-2.edgepack" in _signed_group_role(fleet, "lab").targets
+    if how == "gate_trip":
+        assert dev.report("install", 2, ok=False, reason="health check failed").status_code == 202
+        assert admin.get(f"/rollouts/{r.json['id']}").json["state"] == "rolled_back"
+    else:
+        assert dev.report("install", 2).status_code == 202  # completes
+        assert admin.post(f"/rollouts/{r.json['id']}/rollback", {"reason": "bad"}).json["state"] == "rolled_back"
+    assert dev.assignment().json["release"]["version"] == 1
+    role = _signed_group_role(fleet, "lab")
+    assert "groups/lab/digits-2.edgepack" not in role.targets, "the bad release is withdrawn"
+    assert "groups/lab/digits-1.edgepack" in role.targets, "the previous release stays signed"
+    assert role.version > before.version
+    # the timestamp and snapshot name the new role version, so devices see the withdrawal
+    from tuf.api.metadata import Metadata
+
+    snap = Metadata.from_bytes(fleet.publisher.metadata("snapshot.json")).signed
+    assert snap.meta["group-lab.json"].version == role.version
+
+
+def test_params_withdrawal_is_per_group_and_cleared_by_a_new_rollout(fleet):
+    repo = fleet.publisher.repo
+    repo.publish_params("digits", 2, b"full update bytes" * 10, delta=(1, b"delta"))
+    full = "params/digits/digits-2.epu"
+    assert fleet.publisher.withdraw("lab", full) is True
+    assert fleet.publisher.withdraw("lab", full) is False, "a second withdrawal changes nothing"
+    for info in repo.params_targets().values():  # the full update and its delta
+        assert info.custom["withdrawn_groups"] == ["lab"]
+    fleet.publisher.publish_params("digits", 2, "unused", "unused", None, group="other")
+    assert repo.params_targets()[full].custom["withdrawn_groups"] == ["lab"]
+    fleet.publisher.publish_params("digits", 2, "unused", "unused", None, group="lab")
+    assert all("withdrawn_groups" not in i.custom for i in repo.params_targets().values())
