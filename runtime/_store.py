@@ -165,6 +165,24 @@ class InstallStore:
     def previous(self) -> SlotRecord | None:
         return SlotRecord.from_dict(self.journal().get("previous"))
 
+    def delivered_sha256(self, rec: SlotRecord) -> str:
+        """The sha256 of the file that was delivered for ``rec``'s slot: its parameter update
+        (recorded in the journal) if it has one, else the bundle file kept in the slot.
+
+        Raises:
+            InstallError: the slot's bundle file cannot be read.
+        """
+        if rec.params_sha256:
+            return rec.params_sha256
+        h = hashlib.sha256()
+        try:
+            with open(self.root / "slots" / rec.slot / BUNDLE_FILE, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as e:
+            raise InstallError(f"cannot read slot {rec.slot}'s bundle: {e.strerror}", where=str(self.root)) from e
+        return h.hexdigest()
+
     # ---- loading -----------------------------------------------------------------------
     def _load_dir(self, d: Path, rec: SlotRecord | None, config: LoadConfig) -> tuple[Model, VerifiedBundle]:
         vb = verify_bundle(d / BUNDLE_FILE, self.trust, keep_members=True)

@@ -6,7 +6,7 @@ tuf and the edgepack core), like the rest of ``runtime``.
 
 from ._agent import Agent
 from ._config import AgentConfig, next_delay
-from ._delta import delta_target_path, params_target_path
+from ._delta import bundle_target_path, delta_target_path, params_target_path
 from ._download import DownloadResult, download_resumable
 from ._errors import (
     DownloadInterruptedError,
@@ -42,6 +42,7 @@ __all__ = [
     "TargetNotTrustedError",
     "TufClient",
     "TufVerificationError",
+    "bundle_target_path",
     "delta_target_path",
     "download_resumable",
     "load_local_data",

@@ -33,13 +33,14 @@ from edgepack._device_auth import sign_request
 from .._errors import ParamUpdateError
 from .._telemetry import gate_summary
 from ._config import AgentConfig, next_delay
-from ._delta import delta_target_path
+from ._delta import bundle_target_path, delta_target_path, params_target_path
 from ._errors import (
     DownloadInterruptedError,
     EnrollmentError,
     ServerRefusedError,
     ServerUnreachableError,
     TargetMismatchError,
+    TargetNotTrustedError,
 )
 from ._http import FleetClient
 from ._install import Installer
@@ -204,6 +205,10 @@ class Agent:
         if self._already_has(release):
             return
         version = int(release["version"])
+        active = self.installer.active_version()
+        if active is not None and version < active:
+            self._follow_rollback(release, active)
+            return
         self.state.pending = dict(release)
         self.state.save(self.dir)
         try:
@@ -223,6 +228,70 @@ class Agent:
         self.last_delivery = facts
         self.report("install", True, version=version, data=facts)
 
+    # ---- fleet rollback ---------------------------------------------------------------------
+    def _follow_rollback(self, release: dict[str, Any], active: int) -> None:
+        """Go back to the previous slot if TUF, not just the (unsigned) assignment, says so.
+
+        The assignment can be forged by anyone on the path, and a forged "go back to v1" is a
+        downgrade attack; the signed metadata cannot be, and never goes backwards on the device.
+        """
+        version = int(release["version"])
+        self.tuf.refresh()  # the rollback may be newer than this step's first refresh
+        try:
+            why = self._rollback_refusal(release)
+            facts = None if why else self.installer.rollback(f"fleet rollback to v{version}: TUF withdrew v{active}")
+        except UpdateError as e:  # the store could not read or restore the previous slot
+            why, facts = f"the previous slot cannot be restored: {_reason(e)}", None
+        if facts is not None:
+            self.state.refused_rollback = None
+            self.last_delivery = {**facts, "rolled_back": True, "from": active}
+            self.report("install", True, version=version, data={"rolled_back": True, "from": active})
+            return
+        log.warning("refusing the assignment to go back to v%d from v%d: %s", version, active, why)
+        if self.state.refused_rollback != [version, active]:  # reported once, re-checked every step
+            self.state.refused_rollback = [version, active]
+            self.report("install", False, version=version, reason=f"rollback refused: {why}",
+                        data={"rolled_back": False, "from": active, "target": release.get("target")})
+
+    def _rollback_refusal(self, release: dict[str, Any]) -> str | None:
+        """Why the device must not go back to ``release``; None when TUF authenticates the rollback."""
+        group = self.state.group
+        if not group:
+            return "the device does not know its group, so it cannot check its group's signed targets"
+        active, prev = self.installer.slot_release("active"), self.installer.slot_release("previous")
+        if active is None:
+            return "nothing is installed"
+        name, version = release.get("name"), int(release["version"])
+        if prev is None or (prev["name"], prev["version"]) != (name, version):
+            held = f"{prev['name']} v{prev['version']}" if prev else "nothing"
+            return f"the previous slot holds {held}, not {name} v{version}"
+        if self._listed_for(group, self._slot_target(group, active)) is not None:
+            return (f"TUF still lists the active {active['name']} v{active['version']} for group {group}: "
+                    "the rollback is not signed")
+        info = self._listed_for(group, self._slot_target(group, prev))
+        if info is None:
+            return f"TUF does not list {name} v{version} for group {group}"
+        if info.hashes.get("sha256") != prev["sha256"]:
+            return f"TUF's sha256 for {info.path} differs from the file in the previous slot"
+        return None
+
+    @staticmethod
+    def _slot_target(group: str, rel: dict[str, Any]) -> str:
+        if rel["kind"] == "params":
+            return params_target_path(rel["name"], rel["version"])
+        return bundle_target_path(group, rel["name"], rel["version"])
+
+    def _listed_for(self, group: str, target: str) -> Any:
+        """The signed info of ``target`` unless TUF does not list it, or withdrew it for ``group``.
+
+        A ``params/`` target serves every group, so a rollback withdraws it per group with the
+        signed ``custom.withdrawn_groups`` (fleet_server ``TufRepository.set_params_withdrawn``).
+        """
+        info = self.tuf.target_info(target)
+        if info is None or group in ((info.custom or {}).get("withdrawn_groups") or []):
+            return None
+        return info
+
     def _signed_info(self, release: dict[str, Any]) -> Any:
         target = str(release["target"])
         if self.tuf.target_info(target) is None:
@@ -230,6 +299,9 @@ class Agent:
             # at a fresh snapshot before calling it an arbitrary target.
             self.tuf.refresh()
         info = self.tuf.require_target(target)
+        if self.state.group and self._listed_for(self.state.group, target) is None:
+            raise TargetNotTrustedError(f"{target} is withdrawn for group {self.state.group}", where=target,
+                                        hint="its rollout was rolled back; refusing the assignment")
         # The assignment is only a pointer; TUF decides what the bytes must be.
         if release.get("sha256") and release["sha256"] != info.hashes.get("sha256"):
             raise TargetMismatchError("the assignment's sha256 differs from the signed TUF metadata",

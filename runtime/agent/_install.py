@@ -50,6 +50,21 @@ class Installer(Protocol):
     def telemetry(self) -> dict[str, Any] | None:
         """A telemetry snapshot of the serving model, or None."""
 
+    def slot_release(self, which: str) -> dict[str, Any] | None:
+        """What the ``"active"`` or ``"previous"`` slot holds, as delivered: ``name``, ``version``,
+        ``kind`` (``bundle`` or ``params``) and the ``sha256`` of the delivered file; None if empty.
+
+        Raises:
+            InstallError: the slot cannot be read.
+        """
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        """Make the previous slot active again (it is verified and loaded first); return facts.
+
+        Raises:
+            InstallError: there is no previous slot, or it no longer verifies.
+        """
+
 
 def _raise_for(result: Any) -> dict[str, Any]:
     """Turn a refused ``InstallResult`` into a typed error that keeps the store's reason."""
@@ -81,6 +96,16 @@ class StoreInstaller:
 
     def install_params(self, name: str, version: int, data: bytes) -> dict[str, Any]:
         return _raise_for(self.store.apply_param_update(data))
+
+    def slot_release(self, which: str) -> dict[str, Any] | None:
+        rec = {"active": self.store.active, "previous": self.store.previous}[which]()
+        if rec is None:
+            return None
+        return {"name": rec.name, "version": rec.version, "kind": "params" if rec.params_sha256 else "bundle",
+                "sha256": self.store.delivered_sha256(rec)}
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        return _raise_for(self.store.rollback(reason))
 
     def model(self) -> Model:
         """The active model, loaded from the store (reloaded after an install).

@@ -36,6 +36,8 @@ class AgentState:
     group: str | None = None
     pending: dict[str, Any] | None = None
     failed_versions: list[int] = field(default_factory=list)
+    #: [assigned, active] of the last fleet rollback refused (reported once, re-checked every step)
+    refused_rollback: list[int] | None = None
     consecutive_failures: int = 0
     last_contact: float | None = None
 

@@ -158,8 +158,8 @@ def test_params_rollout_that_trips_its_health_gate_rolls_back_to_the_base_bundle
     assert (assignment["kind"], assignment["name"], assignment["version"]) == ("bundle", "wide", 1)
     assert assignment["sha256"] == rel["sha256"]
     # The base bundle is published for the group again and installs from TUF on a device that
-    # has not taken the update yet (a device that already runs v2 refuses to go down to v1 by
-    # design: versions only grow on the device, see docs/runtime.md).
+    # has not taken the update yet (a device that already runs v2 goes back to its previous slot
+    # once TUF withdraws v2: tests/agent/test_fleet_rollback.py).
     other.step()
     assert other.installer.active_version() == 1 and 1 not in other.state.failed_versions
     late = make_agent("dev3")
