@@ -62,10 +62,18 @@ class Server:
                 raise AssertionError(f"the server exited with {self.proc.returncode} while starting: {tail}")
             try:
                 if http_json("GET", f"{self.url}/healthz", timeout=1)[0] == 200:
-                    return
+                    break
             except OSError:
                 time.sleep(0.1)
-        raise AssertionError("the server did not start within 60 s")
+        else:
+            raise AssertionError("the server did not start within 60 s")
+        # One worker answering is not all of them: gunicorn forks the others meanwhile, and a
+        # test that spreads requests over the workers (or kills one) needs every one up.
+        while time.monotonic() < deadline:
+            if len(self.pids()) >= self.workers + 1:  # the master and its workers
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"gunicorn did not fork {self.workers} workers within 60 s")
 
     @property
     def log_path(self) -> Path:
