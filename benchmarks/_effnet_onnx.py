@@ -82,16 +82,9 @@ class OrtInt8Variant:
         return asdict(self)
 
 
-def quantize_onnx(fp32_path: str, out_path: str, variant: OrtInt8Variant, calib: np.ndarray) -> str:
-    """Quantize ``fp32_path`` with ``variant`` calibrated on ``calib`` (NCHW float32)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def calibration_reader(calib: np.ndarray):
+    """ORT's calibration reader over ``calib`` (NCHW float32), one image per batch, input name ``input``."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -101,7 +94,19 @@ def quantize_onnx(fp32_path: str, out_path: str, variant: OrtInt8Variant, calib:
             x = next(self._it, None)
             return None if x is None else {"input": x}
 
+    return Reader()
+
+
+def quantize_onnx(fp32_path: str, out_path: str, variant: OrtInt8Variant, calib: np.ndarray) -> str:
+    """Quantize ``fp32_path`` with ``variant`` calibrated on ``calib`` (NCHW float32)."""
     import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +120,7 @@ def quantize_onnx(fp32_path: str, out_path: str, variant: OrtInt8Variant, calib:
         quantize_static(
             src,
             out_path + ".tmp",
-            Reader(),
+            calibration_reader(calib),
             quant_format=getattr(QuantFormat, variant.quant_format),
             per_channel=variant.per_channel,
             reduce_range=variant.reduce_range,

@@ -67,15 +67,23 @@ def plain_tools(model, calib: np.ndarray, tmp: str) -> dict[str, dict]:
     return arts
 
 
-def confidence_breakdown(ref: np.ndarray, out: np.ndarray) -> dict[str, object]:
-    """Top-1 agreement split by how sure the original was: shows where int8 flips answers."""
+MARGIN_BUCKETS = ((0.0, 0.1), (0.1, 0.3), (0.3, 1.01))
+
+
+def softmax_margin(ref: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 softmax probability per row: how sure the original model was."""
     z = ref - ref.max(1, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     top = np.sort(p, 1)[:, ::-1]
-    margin = top[:, 0] - top[:, 1]
+    return top[:, 0] - top[:, 1]
+
+
+def confidence_breakdown(ref: np.ndarray, out: np.ndarray) -> dict[str, object]:
+    """Top-1 agreement split by how sure the original was: shows where int8 flips answers."""
+    margin = softmax_margin(ref)
     agree = ref.argmax(1) == out.reshape(ref.shape).argmax(1)
     rows = {}
-    for lo, hi in ((0.0, 0.1), (0.1, 0.3), (0.3, 1.01)):
+    for lo, hi in MARGIN_BUCKETS:
         sel = (margin >= lo) & (margin < hi)
         rows[f"margin {lo:.1f}-{min(hi, 1.0):.1f}"] = {"n": int(sel.sum()),
                                                       "agreement": float(agree[sel].mean()) if sel.any() else None}

@@ -35,47 +35,26 @@ from _effnet_data import (  # noqa: E402
     load_efficientnet_lite0,
     load_photos,
 )
-from _effnet_onnx import export_onnx  # noqa: E402
+from _effnet_onnx import calibration_reader, export_onnx  # noqa: E402
 from _measure import ort_runner  # noqa: E402
-
-BUCKETS = ((0.0, 0.1), (0.1, 0.3), (0.3, 1.01))
-
-
-def margins(ref: np.ndarray) -> np.ndarray:
-    z = ref - ref.max(1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    top = np.sort(p, 1)[:, ::-1]
-    return top[:, 0] - top[:, 1]
+from bench_efficientnet import MARGIN_BUCKETS, softmax_margin  # noqa: E402
 
 
 def agreement(ref: np.ndarray, out: np.ndarray, margin: np.ndarray) -> dict[str, object]:
     agree = ref.argmax(1) == out.reshape(ref.shape).argmax(1)
     row: dict[str, object] = {"all": round(float(agree.mean()), 3)}
-    for lo, hi in BUCKETS:
+    for lo, hi in MARGIN_BUCKETS:
         sel = (margin >= lo) & (margin < hi)
         row[f"{lo:.1f}-{min(hi, 1.0):.1f}"] = f"{int(agree[sel].sum())}/{int(sel.sum())}"
     return row
 
 
 def quantize(prep: str, out: str, calib: np.ndarray, **kw) -> bytes:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(calib[i : i + 1] for i in range(len(calib)))
-
-        def get_next(self):
-            x = next(self._it, None)
-            return None if x is None else {"input": x}
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     args = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QUInt8,
             "weight_type": QuantType.QInt8} | kw
-    quantize_static(prep, out, Reader(), **args)
+    quantize_static(prep, out, calibration_reader(calib), **args)
     return Path(out).read_bytes()
 
 
@@ -96,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     evals = crops(load_photos(EVAL_PHOTOS), per_photo=10, seed=1)
     with torch.no_grad():
         ref = model(torch.from_numpy(evals)).numpy()
-    m = margins(ref)
+    m = softmax_margin(ref)
     rows: dict[str, dict[str, object]] = {}
     report: dict[str, object] = {"eval_crops": len(evals), "calib_crops": len(calib), "rows": rows,
                                  "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
@@ -143,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 "size_mb": round(len(q) / 1e6, 3), "quantize_s": round(time.perf_counter() - t0, 1)}
             print(label, rows[label], flush=True)
     report["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    report["margin_buckets"] = {f"{lo:.1f}-{min(hi, 1.0):.1f}": int(((m >= lo) & (m < hi)).sum()) for lo, hi in BUCKETS}
+    report["margin_buckets"] = {f"{lo:.1f}-{min(hi, 1.0):.1f}": int(((m >= lo) & (m < hi)).sum()) for lo, hi in MARGIN_BUCKETS}
     print(json.dumps(report, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
