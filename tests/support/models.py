@@ -59,14 +59,6 @@ def onnx_linear(W: np.ndarray, b: np.ndarray) -> bytes:
 
 def softmax_regression(x: np.ndarray, y: np.ndarray, steps: int, W=None, b=None, lr: float = 0.5):
     """Full-batch gradient descent on cross-entropy from (W, b) (zeros by default); float32 result."""
-    W = np.zeros((x.shape[1], 10)) if W is None else W.astype(np.float64).copy()
-    b = np.zeros(10) if b is None else b.astype(np.float64).copy()
-    onehot = np.eye(10)[y]
-    for _ in range(steps):
-        z = x @ W + b
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        g = (p - onehot) / len(x)
-        W -= lr * x.T @ g
-        b -= lr * g.sum(0)
-    return W.astype(np.float32), b.astype(np.float32)
+    from edgepack.flsim._data import initial_weights
+
+    return initial_weights(x, y, steps, lr, start=None if W is None else (W, b))
