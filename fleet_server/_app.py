@@ -32,6 +32,7 @@ from ._config import FleetConfig, load_config
 from ._db import Database
 from ._errors import ApiError
 from ._fastpath import API_HEADERS, HeartbeatFastPath
+from ._http import small_uint
 from ._metrics import FleetMetrics
 from ._models import Group, Release
 from ._publish import Publisher, open_publisher
@@ -70,14 +71,11 @@ class Fleet:
         from ._models import Device, Rollout
 
         name, _, rest = filename.rpartition("-")
-        version = rest.removesuffix(".edgepack")
-        # ASCII digits that fit the INTEGER column: isdigit() alone admits '²' (int() refuses it), and a
-        # longer number overflows PostgreSQL's 32-bit column; either was a 500 on a device's target request
-        if not name or not (version.isascii() and version.isdigit() and len(version) <= 9) \
-                or not rest.endswith(".edgepack"):
+        version = small_uint(rest.removesuffix(".edgepack"))  # fits the INTEGER column, or None
+        if not name or version is None or not rest.endswith(".edgepack"):
             return None
         with self.db.read() as s:
-            rel = s.scalar(select(Release).where(Release.name == name, Release.version == int(version)))
+            rel = s.scalar(select(Release).where(Release.name == name, Release.version == version))
             grp = s.scalar(select(Group).where(Group.name == group))
             if rel is None or grp is None:
                 return None
