@@ -109,7 +109,7 @@ def run_case(label: str, codec: str, ratio: float, use_ef: bool, args: argparse.
             blob = encode_update(key, round_id=ctx.round_id, base_version=r, device_id=dev,
                                  num_samples=len(y), tensors=tensors, update_id=f"r{r}-{dev}")
             blob_bytes.append(len(blob))
-            res = validate_update(blob, ctx, registry, policy, seen_update_ids=acc.accepted_ids)
+            res = validate_update(blob, ctx, registry, policy, seen_update_ids=acc)
             if not isinstance(res, AcceptedUpdate):
                 raise SystemExit(f"{label}: update rejected: {res.to_dict()}")
             if not fold_update(acc, res, policy).folded:

@@ -36,7 +36,14 @@ from ._release import (
     open_release,
     sign_release,
 )
-from ._robust import OutlierVerdict, SpillStore, clip_scale, clip_to_norm, flag_outlier
+from ._robust import (
+    OutlierVerdict,
+    SpillStore,
+    clip_scale,
+    clip_to_norm,
+    flag_outlier,
+    flag_outlier_by_stats,
+)
 from ._update import (
     UPDATE_SCHEMA,
     OpenedUpdate,
@@ -106,6 +113,7 @@ __all__ = [
     "fedavg",
     "finalize_with_dp",
     "flag_outlier",
+    "flag_outlier_by_stats",
     "fold_update",
     "l2_norm",
     "open_release",

@@ -78,7 +78,7 @@ def finalize_with_dp(acc: RoundAccumulator, config: CentralDPConfig,
     """
     if acc.count == 0:
         raise AggregationError("no updates were folded; there is nothing to release")
-    for r in acc.records:
+    for r in acc.iter_records():
         if r.weight != 1.0:
             raise AggregationError(f"update {r.update_id} has weight {r.weight}; central DP needs weight 1",
                                    hint="fold DP rounds with weight=1.0 and the scale from dp_clip_scale")

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ._aggregate import CHUNK, RoundAccumulator
+from ._aggregate import RoundAccumulator
 from ._errors import AccumulatorStateError, AggregationError, FederatedConfigError
+from ._kernels import CHUNK
 from ._params import Params, ParamSpec
 from ._state import load_state, save_state
 

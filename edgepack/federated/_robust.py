@@ -66,10 +66,21 @@ def flag_outlier(distance: float, past_distances: Sequence[float], *, z: float =
     before it; nothing is flagged until ``warmup`` distances are known, since a
     standard deviation from two or three points means little.
     """
-    if len(past_distances) < warmup:
-        return OutlierVerdict(distance, None, False)
     d = np.asarray(past_distances, dtype=np.float64)
-    threshold = float(d.mean() + z * d.std())
+    return flag_outlier_by_stats(distance, d.size, float(d.mean()) if d.size else 0.0,
+                                 float(d.std()) if d.size else 0.0, z=z, warmup=warmup)
+
+
+def flag_outlier_by_stats(distance: float, n: int, mean: float, std: float, *, z: float = 3.0, warmup: int = 5
+                          ) -> OutlierVerdict:
+    """:func:`flag_outlier` from the past distances' count, mean and population std.
+
+    This is what a streaming round uses (``RoundAccumulator.distance_stats``), so
+    it never holds the list of distances.
+    """
+    if n < warmup:
+        return OutlierVerdict(distance, None, False)
+    threshold = mean + z * std
     return OutlierVerdict(distance, threshold, bool(distance > threshold))
 
 

@@ -19,7 +19,7 @@ Outliers need the running mean, so they are checked when folding
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,10 +27,11 @@ import numpy as np
 
 from .._errors import BadSignatureError, UntrustedKeyError
 from .._keys import PublicKey
+from . import _kernels
 from ._aggregate import RoundAccumulator, l2_norm
 from ._errors import DeviceUpdateFormatError, FederatedConfigError, UpdateShapeError
 from ._params import Params, ParamSpec
-from ._robust import OutlierVerdict, clip_scale, flag_outlier
+from ._robust import OutlierVerdict, clip_scale, flag_outlier_by_stats
 from ._update import UpdateHeader, UpdateLimits, open_update
 
 __all__ = ["REASONS", "AcceptedUpdate", "FoldResult", "Rejection", "RoundContext", "ValidationPolicy",
@@ -119,9 +120,13 @@ class AcceptedUpdate:
 
 
 def validate_update(blob: bytes, ctx: RoundContext, device_keys: Mapping[str, PublicKey],
-                    policy: ValidationPolicy | None = None, *, seen_update_ids: Iterable[str] = (),
-                    seen_devices: Iterable[str] = ()) -> AcceptedUpdate | Rejection:
-    """Run every check on one blob; return the decoded update or why it was refused."""
+                    policy: ValidationPolicy | None = None, *, seen_update_ids: Container[str] = (),
+                    seen_devices: Container[str] = ()) -> AcceptedUpdate | Rejection:
+    """Run every check on one blob; return the decoded update or why it was refused.
+
+    ``seen_update_ids`` is anything with ``in``: a set, or the round's
+    ``RoundAccumulator`` itself (its ids are on disk, not copied into memory).
+    """
     pol = policy or ValidationPolicy()
     try:
         opened = open_update(blob, pol.limits)
@@ -138,7 +143,7 @@ def validate_update(blob: bytes, ctx: RoundContext, device_keys: Mapping[str, Pu
     except DeviceUpdateFormatError as e:
         return Rejection("malformed", e.one_line(), dev, uid)
     h = verified.header
-    rej = _check_binding(h, ctx, set(seen_update_ids), set(seen_devices))
+    rej = _check_binding(h, ctx, seen_update_ids, seen_devices)
     if rej is not None:
         return rej
     try:
@@ -150,7 +155,8 @@ def validate_update(blob: bytes, ctx: RoundContext, device_keys: Mapping[str, Pu
     return _check_values(h, params, pol)
 
 
-def _check_binding(h: UpdateHeader, ctx: RoundContext, seen_ids: set[str], seen_devs: set[str]) -> Rejection | None:
+def _check_binding(h: UpdateHeader, ctx: RoundContext, seen_ids: Container[str], seen_devs: Container[str]
+                   ) -> Rejection | None:
     def rej(reason: str, detail: str) -> Rejection:
         return Rejection(reason, detail, h.device_id, h.update_id)
 
@@ -170,7 +176,7 @@ def _check_binding(h: UpdateHeader, ctx: RoundContext, seen_ids: set[str], seen_
 
 def _check_values(h: UpdateHeader, params: Params, pol: ValidationPolicy) -> AcceptedUpdate | Rejection:
     for name, a in params.items():
-        if not np.isfinite(a).all():
+        if not _kernels.all_finite(np.ascontiguousarray(a).reshape(-1)):
             return Rejection("non_finite", f"tensor {name!r} holds NaN or Inf", h.device_id, h.update_id)
     if not pol.min_samples <= h.num_samples <= pol.max_samples:
         return Rejection("implausible_samples",
@@ -225,8 +231,8 @@ def fold_update(acc: RoundAccumulator, update: AcceptedUpdate, policy: Validatio
     if pol.outlier_z is not None:
         distance = acc.distance_to_mean(update.params)
         if distance is not None:
-            past = [r.distance for r in acc.records if r.distance is not None]
-            verdict = flag_outlier(distance, past, z=pol.outlier_z, warmup=pol.outlier_warmup)
+            n, mean, std = acc.distance_stats()
+            verdict = flag_outlier_by_stats(distance, n, mean, std, z=pol.outlier_z, warmup=pol.outlier_warmup)
             if verdict.flagged and pol.reject_outliers:
                 detail = f"distance {distance:.6g} from the running mean > threshold {verdict.threshold:.6g}"
                 return FoldResult(False, verdict, Rejection("outlier", detail, update.device_id, update.update_id))

@@ -135,7 +135,7 @@ class EdgepackStrategy(FedAvg):
             if blob is None:
                 report.rejected.append(Rejection("malformed", "the client did not return an edgepack device update"))
                 continue
-            r = validate_update(blob, ctx, self.device_keys, self.policy, seen_update_ids=acc.accepted_ids,
+            r = validate_update(blob, ctx, self.device_keys, self.policy, seen_update_ids=acc,
                                 seen_devices=devices)
             if isinstance(r, Rejection):
                 report.rejected.append(r)

@@ -164,7 +164,7 @@ def test_crash_during_save_keeps_the_previous_state(tmp_path: Path, spec: ParamS
         acc.save(path)
     monkeypatch.undo()
     assert RoundAccumulator.load(path, spec).accepted_ids == ["a"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["round.state"]  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round.state", "round.state.records"]  # no temp file left
 
 
 @pytest.mark.parametrize("damage", ["flip_data_byte", "truncate", "extend", "flip_header", "empty"])
