@@ -14,8 +14,9 @@ imports: the generator's first numpy call, and for edgepack one 4-parameter fold
 (SQLite, which holds the fold records, loads its code and global state once per
 process). The edgepack row also runs once without that warm-up ("cold process").
 
-Time is the best of ``--repeats`` runs, taken round-robin across the methods (each run a fresh
-process), so load changes on the shared machine hit every method alike; memory is from the first run.
+Time is the best of ``--repeats`` runs (the median is printed beside it), taken round-robin across
+the methods (each run a fresh process), so load changes on the shared machine hit every method
+alike; memory is from the first run.
 
 Usage (Flower methods need the flwr venv; see docs/federated.md):
     .venv-flwr/bin/python benchmarks/bench_aggregate.py --cases 100x10000000,1000x1000000
@@ -222,12 +223,14 @@ def main() -> None:
         # Round-robin: repeat r of every method runs before repeat r + 1 of any, each in a fresh
         # process, so a change in the machine's load hits every method alike (it is shared).
         best: dict[str, dict] = {}
+        times: dict[str, list[float]] = {}
         for _ in range(args.repeats):
             for method in methods:
                 one = _run_child(n, p, method, "time")
                 if one is None:
                     print(f"{case:>14} {method:<26} FAILED")
                     continue
+                times.setdefault(method, []).append(one["seconds"])
                 if method not in best or one["seconds"] < best[method]["seconds"]:
                     # memory stays from the first run; time is the best over the rounds
                     first = best.get(method, one)
@@ -237,12 +240,14 @@ def main() -> None:
             if method not in best or traced is None:
                 continue
             r = dict(best[method], tracemalloc_peak_bytes=traced["tracemalloc_peak_bytes"],
-                     tracemalloc_x_model=traced["tracemalloc_x_model"])
+                     tracemalloc_x_model=traced["tracemalloc_x_model"], seconds_all=times[method],
+                     median_seconds=float(np.median(times[method])))
             if method == "edgepack":
                 cold = _run_child(n, p, method, "cold")
                 r["cold_extra_rss_bytes"] = cold["extra_rss_bytes"] if cold else None
             rows.append(r)
-            print(f"{case:>14} {method:<26} {r['seconds']:8.2f} s  {r['updates_per_s']:8.1f} upd/s  "
+            print(f"{case:>14} {method:<26} {r['seconds']:8.2f} s (median {r['median_seconds']:5.2f})  "
+                  f"{r['updates_per_s']:8.1f} upd/s  "
                   f"extra RSS {r['extra_rss_bytes'] / 2**20:9.1f} MiB ({r['extra_rss_x_model']:6.2f}x model)  "
                   f"tracemalloc {r['tracemalloc_x_model']:6.2f}x  payloads {r['payloads_held_bytes'] / 2**30:5.2f} GiB"
                   f"  err {r['max_abs_err_vs_float64']:.1e}", flush=True)

@@ -140,3 +140,35 @@ def test_a_state_file_from_before_the_journal_still_loads(tmp_path: Path) -> Non
     again = RoundAccumulator.load(tmp_path / "old.state", TINY)
     assert again.accepted_ids == ["old-1", "old-2", "new"]
     np.testing.assert_array_equal(again.finalize()["w"], (acc_sum / 4).astype(np.float32))
+
+
+class _FailingCursor:
+    """A cursor whose batch INSERT fails like a full disk; everything else passes through."""
+
+    def __init__(self, real: sqlite3.Cursor) -> None:
+        self.real = real
+
+    def executemany(self, sql: str, rows: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+def test_a_failed_journal_write_refuses_the_fold_and_loses_nothing(tmp_path: Path) -> None:
+    acc = RoundAccumulator(TINY)
+    one = {"w": np.ones(4, np.float32)}
+    for i in range(64):  # one full batch, still in memory
+        acc.fold(f"u{i}", one, 1.0)
+    real = acc._journal._cur
+    acc._journal._cur = _FailingCursor(real)  # type: ignore[assignment]
+    with pytest.raises(AccumulatorStateError, match="disk is full"):
+        acc.fold("u64", {"w": np.full(4, 100.0, np.float32)}, 1.0)
+    assert acc.count == 64 and acc.weight_sum == 64 and "u64" not in acc
+    np.testing.assert_array_equal(acc.weighted_sum(), np.full(4, 64.0))
+    acc._journal._cur = real  # the disk has room again
+    assert acc.fold("u64", one, 1.0) is True
+    acc.save(tmp_path / "r.state")
+    back = RoundAccumulator.load(tmp_path / "r.state", TINY)
+    assert back.accepted_ids == [f"u{i}" for i in range(65)]
+    np.testing.assert_array_equal(back.weighted_sum(), np.full(4, 65.0))
