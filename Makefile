@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-flower install system-deps lint typecheck bench clean
 
-$(STAMP): pyproject.toml constraints.txt setup.py edgepack/federated/_fastsum.c
+$(STAMP): pyproject.toml constraints.txt edgepack/federated/_fastsum.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all]'

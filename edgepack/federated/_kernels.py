@@ -7,7 +7,7 @@ allocates a model-sized float64 temporary for these or, chunked, makes three
 passes per chunk; ``_fastsum.c`` does each in one pass with no scratch memory
 and without the GIL.
 
-The extension is optional (``setup.py`` builds it with ``optional=True``). The
+The extension is optional (pyproject.toml declares it with ``optional = true``). The
 numpy fallback is used when it is missing, when ``EDGEPACK_NO_C_KERNEL=1`` is
 set at import, or for dtypes the kernel does not take (float16); it goes through
 one ``CHUNK``-element float64 scratch buffer per call and gives the same results

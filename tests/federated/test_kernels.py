@@ -37,7 +37,7 @@ def _data(n: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.skipif(NO_C, reason="EDGEPACK_NO_C_KERNEL=1 switches the C kernel off")
 def test_c_kernel_is_built() -> None:
-    # setup.py builds it with optional=True, so a failed compile only warns; this makes it fail CI.
+    # pyproject.toml builds it with optional = true, so a failed compile only warns; this makes it fail CI.
     assert _kernels.HAVE_C, "edgepack.federated._fastsum did not build: see the pip install log"
 
 
