@@ -35,9 +35,14 @@ CHUNK = _kernels.CHUNK
 _KIND = "round-accumulator"
 
 
+def _flat(a: np.ndarray) -> np.ndarray:
+    """``a`` as a contiguous 1-D view (a copy only for a strided array, which decoded updates never are)."""
+    return np.ascontiguousarray(a).reshape(-1)
+
+
 def l2_norm(params: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> float:
     """The L2 norm of all tensors together, summed in float64 without a full-size temporary."""
-    return math.sqrt(sum(_kernels.sumsq(a.reshape(-1)) for a in as_named(params).values()))
+    return math.sqrt(sum(_kernels.sumsq(_flat(a)) for a in as_named(params).values()))
 
 
 class RoundAccumulator:
@@ -113,7 +118,7 @@ class RoundAccumulator:
                                         hint="check free space in the temp or state directory") from e
         ws = float(weight) * float(scale)
         for t, a, b in self.spec.slices():
-            _kernels.axpy(self._acc[a:b], named[t.name].reshape(-1), ws)
+            _kernels.axpy(self._acc[a:b], _flat(named[t.name]), ws)
         self.weight_sum += float(weight)
         if distance is not None:
             self._note_distance(distance)
@@ -133,7 +138,7 @@ class RoundAccumulator:
         named = as_named(params)
         self.spec.check(named)
         inv = 1.0 / self.weight_sum
-        return math.sqrt(sum(_kernels.dist2(self._acc[a:b], named[t.name].reshape(-1), inv)
+        return math.sqrt(sum(_kernels.dist2(self._acc[a:b], _flat(named[t.name]), inv)
                              for t, a, b in self.spec.slices()))
 
     def add_to_sum(self, fill: Callable[[np.ndarray], None]) -> None:

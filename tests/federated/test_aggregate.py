@@ -197,3 +197,16 @@ def test_state_for_another_spec_is_refused(tmp_path: Path, spec: ParamSpec, rng:
     other = ParamSpec.from_params({"w": np.zeros(3, np.float32)})
     with pytest.raises(AccumulatorStateError, match="another parameter spec"):
         RoundAccumulator.load(tmp_path / "s", other)
+
+
+def test_strided_and_transposed_tensors_fold_like_contiguous_ones(rng: np.random.Generator) -> None:
+    big = rng.normal(size=(40, 30)).astype(np.float32)
+    views = {"strided": big[:, ::3].T, "every_other": big.reshape(-1)[::2]}
+    spec = ParamSpec.from_params(views)
+    contiguous = {k: np.ascontiguousarray(v) for k, v in views.items()}
+    acc = RoundAccumulator(spec)
+    acc.fold("a", views, 2.0)
+    assert acc.distance_to_mean(views) == 0.0
+    assert l2_norm(views) == pytest.approx(l2_norm(contiguous), rel=1e-15)
+    for k, v in acc.finalize().items():
+        np.testing.assert_array_equal(v, contiguous[k])
