@@ -5,8 +5,9 @@ write transaction that also locks the round row (``BEGIN IMMEDIATE`` on SQLite,
 ``SELECT ... FOR UPDATE`` on PostgreSQL), so uploads are folded one at a time:
 
 1. validate the blob (signature, round id, base version, shapes, norm, ...);
-2. fold it into the accumulator loaded from ``rounds/<id>/acc.state`` and
-   ``save`` it (atomic ``os.replace`` + fsync);
+2. fold it into the accumulator loaded from ``rounds/<id>/acc.state`` (and its
+   ``acc.state.records`` journal) and ``save`` it (journal commit + fsync, then
+   atomic ``os.replace`` + fsync of the sums);
 3. insert the ``accepted`` row and commit; only then answer 200.
 
 A kill before 2 loses nothing the device was told about; a kill between 2 and
