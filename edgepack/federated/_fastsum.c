@@ -88,10 +88,10 @@ count(const Py_buffer *view)
 }
 
 /* The hot loops get AVX-512 and AVX2 clones, picked at load time by the CPU
- * (GCC's ifunc dispatch on x86-64 Linux), so one portable build still runs at
+ * (GCC's ifunc dispatch on x86-64 Linux with glibc), so one portable build still runs at
  * the machine's SIMD width: the baseline SSE2 loop was 1.8x slower than numpy's
  * float32 loop at 1M params; with the clones it matches it (benchmarks/RESULTS.md). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
 #define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define SIMD_CLONES
