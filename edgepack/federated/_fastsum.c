@@ -87,25 +87,15 @@ count(const Py_buffer *view)
     return view->len / view->itemsize;
 }
 
-/* The hot loops get AVX-512 and AVX2 clones, picked at load time by the CPU
- * (GCC's ifunc dispatch on x86-64 Linux with glibc), so one portable build still runs at
- * the machine's SIMD width: the baseline SSE2 loop was 1.8x slower than numpy's
- * float32 loop at 1M params; with the clones it matches it (benchmarks/RESULTS.md). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
-#define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SIMD_CLONES
-#endif
-
-/* One copy of each read kernel per input type (T = float or double). */
+/* One copy of each read kernel per input type (T = float or double). Plain -O3
+ * (SSE2 on x86-64): AVX2 and AVX-512 builds of axpy measured no faster at 1M
+ * and 10M params, where the loop is bound by memory bandwidth, not arithmetic. */
 #define KERNELS(T, SUF)                                                          \
-    SIMD_CLONES                                                                  \
     static void axpy_##SUF(double *acc, const T *x, Py_ssize_t n, double w)      \
     {                                                                            \
         for (Py_ssize_t i = 0; i < n; i++)                                       \
             acc[i] += w * (double)x[i];                                          \
     }                                                                            \
-    SIMD_CLONES                                                                  \
     static double dist2_##SUF(const double *acc, const T *x, Py_ssize_t n,       \
                               double inv)                                        \
     {                                                                            \
@@ -124,7 +114,6 @@ count(const Py_buffer *view)
             t += s[k];                                                           \
         return t;                                                                \
     }                                                                            \
-    SIMD_CLONES                                                                  \
     static double sumsq_##SUF(const T *x, Py_ssize_t n)                          \
     {                                                                            \
         double s[LANES] = {0}, t = 0.0;                                          \
