@@ -136,6 +136,34 @@ count(const Py_buffer *view)
     }
 
 KERNELS(float, f)
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+/* The float32 axpy by hand: gcc 12's own vectorization of axpy_f converts the
+ * upper two floats through a store to the stack and a reload on every iteration
+ * (seen in objdump); this keeps them in registers. On the shared benchmark machine
+ * the difference was within the run-to-run spread, so this is for the code, not a
+ * measured speed-up. The arithmetic is the same (one rounding for the product, one
+ * for the sum), so it agrees with the scalar loop and the numpy fallback bit for bit. */
+static void
+axpy_f_sse2(double *acc, const float *x, Py_ssize_t n, double w)
+{
+    const __m128d vw = _mm_set1_pd(w);
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m128 v = _mm_loadu_ps(x + i);
+        __m128d lo = _mm_mul_pd(_mm_cvtps_pd(v), vw);
+        __m128d hi = _mm_mul_pd(_mm_cvtps_pd(_mm_movehl_ps(v, v)), vw);
+        _mm_storeu_pd(acc + i, _mm_add_pd(_mm_loadu_pd(acc + i), lo));
+        _mm_storeu_pd(acc + i + 2, _mm_add_pd(_mm_loadu_pd(acc + i + 2), hi));
+    }
+    for (; i < n; i++)
+        acc[i] += w * (double)x[i];
+}
+#define AXPY_F axpy_f_sse2
+#else
+#define AXPY_F axpy_f
+#endif
 KERNELS(double, d)
 
 static PyObject *
@@ -157,7 +185,7 @@ fs_axpy(PyObject *self, PyObject *args)
     } else {
         Py_BEGIN_ALLOW_THREADS
         if (t == 'f')
-            axpy_f(acc.buf, x.buf, n, w);
+            AXPY_F(acc.buf, x.buf, n, w);
         else
             axpy_d(acc.buf, x.buf, n, w);
         Py_END_ALLOW_THREADS
