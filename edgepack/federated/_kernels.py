@@ -28,7 +28,7 @@ from types import ModuleType
 
 import numpy as np
 
-__all__ = ["CHUNK", "HAVE_C", "all_finite", "axpy", "divide_narrow", "dist2", "sumsq"]
+__all__ = ["CHUNK", "HAVE_C", "all_finite", "axpy", "divide_narrow", "dist2", "flat_view", "sumsq"]
 
 CHUNK = 1 << 15  # elements: 256 KB of float64 scratch, stays in L2; larger chunks were no faster (measured)
 
@@ -47,6 +47,14 @@ def _load() -> ModuleType | None:
 
 _c: ModuleType | None = _load()
 HAVE_C = _c is not None
+
+
+def flat_view(a: np.ndarray) -> np.ndarray:
+    """``a`` as the 1-D C-contiguous array these kernels take: a view, or a copy for a strided ``a``.
+
+    Only for inputs; an accumulator must already be contiguous, since a copy would lose the writes.
+    """
+    return np.ascontiguousarray(a).reshape(-1)
 
 
 def _check_vec(a: np.ndarray, name: str, *, float64: bool = False, writable: bool = False) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -66,9 +67,23 @@ class ParamSpec:
         named = as_named(params)
         return cls(tuple(TensorSpec(k, tuple(int(d) for d in v.shape), str(v.dtype)) for k, v in named.items()))
 
-    @property
+    # The spec is frozen, so what is derived from it is computed once: a fold checks and slices
+    # by these on every update (cached_property writes the instance dict, which frozen allows).
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tensors)
+
+    @cached_property
+    def _dtypes(self) -> tuple[np.dtype, ...]:
+        return tuple(np.dtype(t.dtype) for t in self.tensors)
+
+    @cached_property
+    def _slices(self) -> tuple[tuple[TensorSpec, int, int], ...]:
+        out, off = [], 0
+        for t in self.tensors:
+            out.append((t, off, off + t.size))
+            off += t.size
+        return tuple(out)
 
     @property
     def size(self) -> int:
@@ -80,12 +95,9 @@ class ParamSpec:
         """Bytes of one model in its own dtypes (the "model size" of the memory targets)."""
         return sum(t.size * np.dtype(t.dtype).itemsize for t in self.tensors)
 
-    def slices(self) -> list[tuple[TensorSpec, int, int]]:
-        out, off = [], 0
-        for t in self.tensors:
-            out.append((t, off, off + t.size))
-            off += t.size
-        return out
+    def slices(self) -> tuple[tuple[TensorSpec, int, int], ...]:
+        """``(tensor, start, end)`` of each tensor in the flat vector."""
+        return self._slices
 
     def to_dict(self) -> dict[str, Any]:
         return {"tensors": [t.to_dict() for t in self.tensors]}
@@ -104,19 +116,19 @@ class ParamSpec:
 
     def mismatch(self, params: Mapping[str, np.ndarray]) -> str | None:
         """Why ``params`` does not fit this spec, or None if it fits exactly."""
-        if list(params.keys()) != list(self.names):
+        if tuple(params) != self.names:
             missing = [n for n in self.names if n not in params]
             extra = [n for n in params if n not in self.names]
             if missing or extra:
                 return f"tensor names differ: missing {missing[:5]}, unexpected {extra[:5]}"
             return "tensor order differs from the base model"
-        for t in self.tensors:
+        for t, dt in zip(self.tensors, self._dtypes, strict=True):
             a = params[t.name]
             if not isinstance(a, np.ndarray):
                 return f"{t.name}: not a numpy array"
-            if tuple(a.shape) != t.shape:
-                return f"{t.name}: shape {tuple(a.shape)} != base {t.shape}"
-            if str(a.dtype) != t.dtype:
+            if a.shape != t.shape:
+                return f"{t.name}: shape {a.shape} != base {t.shape}"
+            if a.dtype != dt:  # unequal for another byte order too ('>f4' is not the base's float32)
                 return f"{t.name}: dtype {a.dtype} != base {t.dtype}"
         return None
 

@@ -23,8 +23,6 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-
 from .._errors import BadSignatureError, UntrustedKeyError
 from .._keys import PublicKey
 from . import _kernels
@@ -176,7 +174,7 @@ def _check_binding(h: UpdateHeader, ctx: RoundContext, seen_ids: Container[str],
 
 def _check_values(h: UpdateHeader, params: Params, pol: ValidationPolicy) -> AcceptedUpdate | Rejection:
     for name, a in params.items():
-        if not _kernels.all_finite(np.ascontiguousarray(a).reshape(-1)):
+        if not _kernels.all_finite(_kernels.flat_view(a)):
             return Rejection("non_finite", f"tensor {name!r} holds NaN or Inf", h.device_id, h.update_id)
     if not pol.min_samples <= h.num_samples <= pol.max_samples:
         return Rejection("implausible_samples",
